@@ -1,0 +1,36 @@
+# make run   — set up, build the demo model repository if missing, start Triton + the REST front end
+# make test  — set up and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run repo test unit bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU build of torch first: a bare requirement would pull several GB of CUDA packages
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[export,dev]'
+	touch $(STAMP)
+
+repo: $(STAMP)
+	$(PY) -m export.build_repository --target cpu --profile full --out model_repository
+
+run: $(STAMP)
+	$(PY) -m emoserve.stack --host 127.0.0.1 --port 8080
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -ra tests/unit
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf model_repository/weights.json model_repository/*/config.pbtxt model_repository/*/1/*.onnx model_repository/*/1/*.json

@@ -1,0 +1,1 @@
+"""emoserve: Triton model repository tooling for emotion-AI models."""

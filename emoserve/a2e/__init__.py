@@ -1,0 +1,1 @@
+"""LAM-A2E (audio-to-ARKit-expression) network, checkpoint loading and helpers."""

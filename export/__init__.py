@@ -1,0 +1,1 @@
+"""ONNX / TensorRT export helpers (network specs, exporters, validators)."""

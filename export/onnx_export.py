@@ -1,0 +1,190 @@
+"""ONNX export (legacy TorchScript tracer) with a cache sidecar, and ORT-vs-PyTorch validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.spec import A2ENetworkSpec, BaseNetworkSpec
+
+__all__ = ["export_onnx", "validate_onnx", "export_fingerprint", "EXPORT_SAMPLE_SHAPE"]
+
+_LOG = logging.getLogger(__name__)
+
+# Trace shape: batch 2 (so batch is never specialised to 1) and a sample count whose
+# frame count (ceil(20000 * 30 / 16000) = 38) is not an exact division, exercising the
+# ceil in the graph.  Validation should use other shapes.
+EXPORT_SAMPLE_SHAPE: tuple[int, int] = (2, 20000)
+_EXPORTER_VERSION = 1
+
+
+def _state_dict_digest(network: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(network.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def export_fingerprint(network: nn.Module, spec: BaseNetworkSpec, opset: int) -> dict[str, Any]:
+    """What identifies an export: weights provenance (profile/seed/checkpoint), spec, opset."""
+    prov = dict(getattr(network, "provenance", None) or {})
+    if prov.get("seed") is None and prov.get("checkpoint") is None:
+        # Unknown origin (weights edited in memory): fall back to hashing the weights.
+        prov["weights"] = _state_dict_digest(network)
+    return {
+        "exporter_version": _EXPORTER_VERSION,
+        "provenance": prov,
+        "spec": spec.describe(),
+        "opset": int(opset),
+        "sample_shape": list(EXPORT_SAMPLE_SHAPE),
+    }
+
+
+def _sidecar(out_path: Path) -> Path:
+    return out_path.with_suffix(".json")
+
+
+def _is_cached(out_path: Path, fingerprint: dict[str, Any]) -> bool:
+    side = _sidecar(out_path)
+    if not (out_path.is_file() and side.is_file()):
+        return False
+    try:
+        recorded = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded.get("fingerprint") == fingerprint
+
+
+def export_onnx(
+    network: nn.Module,
+    spec: BaseNetworkSpec,
+    out_path: Path,
+    opset: int = 17,
+    *,
+    force: bool = False,
+) -> Path:
+    """Export ``network`` to ONNX with dynamic batch/time axes; returns ``out_path``.
+
+    Re-runnable: if ``out_path`` exists and its sidecar ``out_path.with_suffix('.json')``
+    records the same fingerprint (profile / seed / checkpoint hash, spec, opset) the export
+    is skipped.  The file is written to a temporary name and renamed when complete, then
+    checked with ``onnx.checker``.
+    """
+    import onnx
+
+    out_path = Path(out_path)
+    fingerprint = export_fingerprint(network, spec, opset)
+    if not force and _is_cached(out_path, fingerprint):
+        _LOG.info("ONNX export cached: %s", out_path)
+        return out_path
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(out_path.name + ".tmp")
+    was_training = network.training
+    network.eval()
+    sample = spec.get_sample_input(*EXPORT_SAMPLE_SHAPE)
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer / deprecation chatter
+            torch.onnx.export(
+                network,
+                sample,
+                str(tmp_path),
+                input_names=spec.get_input_names(),
+                output_names=spec.get_output_names(),
+                dynamic_axes=spec.get_dynamic_axes(),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(tmp_path))
+        _check_io(onnx.load(str(tmp_path), load_external_data=False), spec)
+        os.replace(tmp_path, out_path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+        network.train(was_training)
+    elapsed = time.perf_counter() - t0
+    _sidecar(out_path).write_text(
+        json.dumps(
+            {
+                "fingerprint": fingerprint,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "export_seconds": round(elapsed, 3),
+                "bytes": out_path.stat().st_size,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    _LOG.info("exported %s in %.1f s", out_path, elapsed)
+    return out_path
+
+
+def _check_io(model: Any, spec: BaseNetworkSpec) -> None:
+    """The graph's I/O names match the spec and the dynamic axes stayed symbolic."""
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != spec.get_input_names() or outputs != spec.get_output_names():
+        raise RuntimeError(f"exported I/O {inputs} -> {outputs} does not match spec")
+    dyn = spec.get_dynamic_axes()
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for axis in dyn.get(value.name, {}):
+            if dims[axis].HasField("dim_value"):
+                raise RuntimeError(f"{value.name} axis {axis} was exported as static {dims[axis].dim_value}")
+
+
+def validate_onnx(
+    network: nn.Module,
+    onnx_path: Path,
+    spec: BaseNetworkSpec,
+    shapes: Sequence[tuple[int, int]],
+    atol: float = 1e-4,
+    *,
+    seed: int = 0,
+) -> float:
+    """Compare onnxruntime (CPU) with PyTorch on random inputs of each (batch, samples) shape.
+
+    Returns the max abs difference over all shapes; raises ``AssertionError`` if any output
+    shape differs or the difference exceeds ``atol``.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = spec.get_input_names()
+    was_training = network.training
+    network.eval()
+    worst = 0.0
+    try:
+        for i, (batch, samples) in enumerate(shapes):
+            inputs = spec.get_sample_input(batch, samples, seed=seed + i)
+            with torch.no_grad():
+                ref = network(*inputs).cpu().numpy()
+            (got,) = sess.run(spec.get_output_names(), {n: t.cpu().numpy() for n, t in zip(names, inputs)})
+            if isinstance(spec, A2ENetworkSpec):
+                expected_shape = spec.get_output_shape(batch, samples)
+                assert ref.shape == expected_shape, f"torch output {ref.shape} != {expected_shape}"
+            assert got.shape == ref.shape, f"shape ({batch}, {samples}): onnx {got.shape} != torch {ref.shape}"
+            diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+            _LOG.info("onnx parity (%d, %d): max abs diff %.3g", batch, samples, diff)
+            assert diff <= atol, f"shape ({batch}, {samples}): max abs diff {diff:.3g} > atol {atol:g}"
+            worst = max(worst, diff)
+    finally:
+        network.train(was_training)
+    return worst
