@@ -1,0 +1,257 @@
+"""Start the real ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel on a CPU-only machine.
+
+The wheel ships the server binary, the python backend and a python-backend stub per CPython
+version. Three traps shape this module (see ``shared/notes/triton-on-cpu.md``):
+
+* the stub links ``libpython3.X.so``; the system's copy may be another patch release than the venv's
+  interpreter, so the base interpreter's LIBDIR must come first on ``LD_LIBRARY_PATH``;
+* the stub starts Python in isolated mode and finds the venv only through ``python3`` on ``PATH``;
+* a stub that cannot start leaves the server "loading" forever, deaf to SIGINT — hence the readiness
+  timeout, the SIGKILL fallback and the server log attached to every start-up failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+
+
+class TritonLaunchError(RuntimeError):
+    """The server did not become ready; the message carries the tail of its log."""
+
+
+def _pytriton_root() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonLaunchError("nvidia-pytriton is not installed in this environment (pip install nvidia-pytriton==0.7.0)")
+    return Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+
+
+def _python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def prepare_backend_directory(root: Path | None = None) -> Path:
+    """Return a backends directory whose python backend carries the stub for this interpreter.
+
+    The stub is copied into the installed package's own ``backends/python`` (idempotent), which keeps
+    the wheel's RPATH to ``nvidia_pytriton.libs`` valid.
+    """
+    root = root or _pytriton_root()
+    backends = root / "backends"
+    stub_target = backends / "python" / "triton_python_backend_stub"
+    if not stub_target.exists():
+        stub_source = root / "python_backend_stubs" / _python_version() / "triton_python_backend_stub"
+        if not stub_source.exists():
+            raise TritonLaunchError(f"no python-backend stub for Python {_python_version()} in {stub_source.parent}")
+        tmp = stub_target.with_suffix(f".tmp{os.getpid()}")
+        shutil.copy2(stub_source, tmp)
+        os.replace(tmp, stub_target)
+    return backends
+
+
+def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libpython_dir = sysconfig.get_config_var("LIBDIR") or ""
+    wheel_libs = _pytriton_root().parent.parent / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libpython_dir, str(wheel_libs), env.get("LD_LIBRARY_PATH", "")) if p)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join((venv_bin, env.get("PATH", "")))
+    return env
+
+
+@dataclass
+class TritonServerOptions:
+    model_repository: Path
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    host: str = "127.0.0.1"
+    log_verbose: int = 0
+    startup_timeout_s: float = 180.0
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+class TritonServer:
+    """One tritonserver process: ``with TritonServer(opts) as server: ...``."""
+
+    def __init__(self, options: TritonServerOptions):
+        self.options = options
+        self.shm_prefix = f"emoserve_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.process: subprocess.Popen | None = None
+        self._owned_log_dir: str | None = None
+        if options.log_path is None:
+            self._owned_log_dir = tempfile.mkdtemp(prefix="tritonserver-log-")
+            self.log_path = Path(self._owned_log_dir) / "tritonserver.log"
+        else:
+            self.log_path = Path(options.log_path)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.options.host}:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.options.host}:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        opts = self.options
+        root = _pytriton_root()
+        return [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={Path(opts.model_repository).resolve()}",
+            f"--backend-directory={prepare_backend_directory(root)}",
+            f"--cache-directory={root / 'caches'}",
+            # one key=value per flag: a comma-joined list is silently taken as one value
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            "--backend-config=python,shm-default-byte-size=4194304",
+            "--backend-config=python,shm-growth-byte-size=1048576",
+            "--allow-gpu-metrics=false",
+            f"--http-address={opts.host}",
+            f"--grpc-address={opts.host}",
+            f"--metrics-address={opts.host}",
+            f"--http-port={opts.http_port}",
+            f"--grpc-port={opts.grpc_port}",
+            f"--metrics-port={opts.metrics_port}",
+            f"--log-verbose={opts.log_verbose}",
+            "--exit-timeout-secs=10",
+            *opts.extra_args,
+        ]
+
+    def start(self) -> "TritonServer":
+        if not Path(self.options.model_repository).is_dir():
+            raise TritonLaunchError(f"model repository {self.options.model_repository} does not exist; build it first (make repo)")
+        log_file = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=server_environment(),
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop the server in order
+            )
+        finally:
+            log_file.close()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise TritonLaunchError(
+                    f"tritonserver exited with code {self.process.returncode} during start-up\n{self.log_tail()}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise TritonLaunchError(
+            f"tritonserver not ready after {self.options.startup_timeout_s:.0f}s (a python-backend stub may have "
+            f"failed to start)\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no server log)"
+        return "--- tritonserver log (tail) ---\n" + "\n".join(text[-lines:])
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)  # SIGINT lets the server remove its /dev/shm regions
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("tritonserver ignored SIGINT for %.0fs; killing its process group", timeout_s)
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)
+            _remove_shm_regions(self.shm_prefix)
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+        if self._owned_log_dir and exc_info[0] is None:
+            shutil.rmtree(self._owned_log_dir, ignore_errors=True)
+
+
+def _remove_shm_regions(prefix: str) -> None:
+    shm = Path("/dev/shm")
+    for region in shm.glob(f"{prefix}*"):
+        region.unlink(missing_ok=True)
+
+
+def leftover_shm_regions(prefix: str) -> list[Path]:
+    return sorted(Path("/dev/shm").glob(f"{prefix}*"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the bundled tritonserver on CPU with a model repository.")
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--log-verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = TritonServerOptions(args.model_repository, args.http_port, args.grpc_port, args.metrics_port, args.host, args.log_verbose)
+    server = TritonServer(options)
+    with server:
+        log.info("tritonserver ready: http=%s grpc=%s metrics=%s log=%s", server.http_url, server.grpc_url, server.metrics_url, server.log_path)
+        try:
+            while server.process is not None and server.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

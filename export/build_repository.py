@@ -1,0 +1,256 @@
+"""Build a Triton model repository for LAM-A2E: export the network, write every ``config.pbtxt``.
+
+Targets:
+
+* ``cpu`` — this machine's Triton (the ``nvidia-pytriton`` build) has only the python backend, so the
+  network model is a python model running the ONNX graph with onnxruntime;
+* ``gpu`` — the NGC ``tritonserver`` container: the network runs on the native ``onnxruntime_onnx``
+  backend, or as a TensorRT plan (``--tensorrt``, built on the GPU host with optimisation profiles for
+  batch and time from the same spec that drove the ONNX export).
+
+The python models' sources (``model.py``) live in this repository's ``model_repository/``; everything
+else there (configs, ONNX, plans, ``weights.json``) is a build output. Steps are cached: re-running with
+the same profile, seed and checkpoint re-uses the exported ONNX.
+
+    python -m export.build_repository --target cpu --profile full --out model_repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from emoserve.constants import NUM_BLENDSHAPES
+from emoserve.model_catalog import (
+    A2E_NETWORK_MODEL,
+    A2E_OFFLINE_MODEL,
+    A2E_STREAM_MODEL,
+    AUDIO,
+    AUDIO_BYTES,
+    BLENDSHAPES,
+    BROW_MOVEMENT,
+    CHUNK_INDEX,
+    EX_VOL,
+    FIRST_FRAME_INDEX,
+    ID_IDX,
+    MOVEMENT_SMOOTH,
+    NETWORK_AUDIO,
+    NETWORK_BLENDSHAPES,
+    NETWORK_IDENTITY,
+    SEED,
+    WEIGHTS_PARAMETER,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_REPOSITORY = PROJECT_ROOT / "model_repository"
+PYTHON_MODELS = (A2E_NETWORK_MODEL, A2E_STREAM_MODEL, A2E_OFFLINE_MODEL)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    target: str = "cpu"
+    profile: str = "full"
+    seed: int = 0
+    checkpoint: Path | None = None
+    tensorrt: bool = False
+    network_max_batch: int = 16
+    network_queue_delay_us: int = 2000
+    network_instances: int = 1
+    onnx_threads: int = 0
+    stream_max_batch: int = 8
+    stream_queue_delay_us: int = 2000
+    stream_idle_timeout_s: float = 600.0
+    offline_instances: int = 2
+    max_audio_seconds: float = 600.0
+
+    def weights_description(self) -> str:
+        if self.checkpoint is not None:
+            return f"official LAM-A2E checkpoint {Path(self.checkpoint).name} ({self.profile} profile)"
+        return f"demo: seeded-random weights (seed {self.seed}), {self.profile} profile - NOT a trained model"
+
+
+def _parameter(key: str, value) -> str:
+    return f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+
+
+def network_config(settings: BuildSettings) -> str:
+    if settings.target == "cpu":
+        header = 'backend: "python"'
+        identity_reshape = ""
+        instance_kind = "KIND_CPU"
+        extra = [_parameter("onnx_file", "model.onnx"), _parameter("intra_op_threads", settings.onnx_threads)]
+    else:
+        header = 'platform: "tensorrt_plan"' if settings.tensorrt else 'platform: "onnxruntime_onnx"'
+        identity_reshape = " reshape: { shape: [ ] }"  # the graph takes id_idx as [batch]
+        instance_kind = "KIND_GPU"
+        extra = []
+    return "\n".join([
+        f'name: "{A2E_NETWORK_MODEL}"',
+        header,
+        f"max_batch_size: {settings.network_max_batch}",
+        "input [",
+        f'  {{ name: "{NETWORK_AUDIO}" data_type: TYPE_FP32 dims: [ -1 ] }},',
+        f'  {{ name: "{NETWORK_IDENTITY}" data_type: TYPE_INT64 dims: [ 1 ]{identity_reshape} }}',
+        "]",
+        f'output [ {{ name: "{NETWORK_BLENDSHAPES}" data_type: TYPE_FP32 dims: [ -1, {NUM_BLENDSHAPES} ] }} ]',
+        f"dynamic_batching {{ max_queue_delay_microseconds: {settings.network_queue_delay_us} }}",
+        f"instance_group [ {{ count: {settings.network_instances} kind: {instance_kind} }} ]",
+        _parameter(WEIGHTS_PARAMETER, settings.weights_description()),
+        *extra,
+        "",
+    ])
+
+
+def _option_inputs(*names_and_types: tuple[str, str]) -> list[str]:
+    return [f'  {{ name: "{name}" data_type: {dtype} dims: [ 1 ] optional: true }},' for name, dtype in names_and_types]
+
+
+def stream_config(settings: BuildSettings) -> str:
+    options = _option_inputs((ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"), (SEED, "TYPE_UINT64"))
+    options[-1] = options[-1].rstrip(",")
+    idle_us = int(settings.stream_idle_timeout_s * 1_000_000)
+    return "\n".join([
+        f'name: "{A2E_STREAM_MODEL}"',
+        'backend: "python"',
+        f"max_batch_size: {settings.stream_max_batch}",
+        "input [",
+        f'  {{ name: "{AUDIO}" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true }},',
+        *options,
+        "]",
+        "output [",
+        f'  {{ name: "{BLENDSHAPES}" data_type: TYPE_FP32 dims: [ -1, {NUM_BLENDSHAPES} ] }},',
+        f'  {{ name: "{FIRST_FRAME_INDEX}" data_type: TYPE_INT64 dims: [ 1 ] }},',
+        f'  {{ name: "{CHUNK_INDEX}" data_type: TYPE_INT64 dims: [ 1 ] }}',
+        "]",
+        "sequence_batching {",
+        f"  max_sequence_idle_microseconds: {idle_us}",
+        "  control_input [",
+        '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },',
+        '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },',
+        '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }',
+        "  ]",
+        "  oldest {",
+        f"    max_candidate_sequences: 1024",
+        f"    preferred_batch_size: [ {settings.stream_max_batch} ]",
+        f"    max_queue_delay_microseconds: {settings.stream_queue_delay_us}",
+        "  }",
+        "}",
+        # one instance: a sequence's state lives in exactly one stub process
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+        _parameter(WEIGHTS_PARAMETER, settings.weights_description()),
+        "",
+    ])
+
+
+def offline_config(settings: BuildSettings) -> str:
+    options = _option_inputs(
+        (AUDIO, "TYPE_FP32"), (AUDIO_BYTES, "TYPE_STRING"), (ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"),
+        (BROW_MOVEMENT, "TYPE_BOOL"), (EX_VOL, "TYPE_BOOL"), (SEED, "TYPE_UINT64"),
+    )
+    options[0] = options[0].replace("dims: [ 1 ]", "dims: [ -1 ]")
+    options[-1] = options[-1].rstrip(",")
+    return "\n".join([
+        f'name: "{A2E_OFFLINE_MODEL}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "input [",
+        *options,
+        "]",
+        f'output [ {{ name: "{BLENDSHAPES}" data_type: TYPE_FP32 dims: [ -1, {NUM_BLENDSHAPES} ] }} ]',
+        f"instance_group [ {{ count: {settings.offline_instances} kind: KIND_CPU }} ]",
+        _parameter("max_audio_seconds", settings.max_audio_seconds),
+        _parameter(WEIGHTS_PARAMETER, settings.weights_description()),
+        "",
+    ])
+
+
+def _copy_python_sources(out: Path) -> None:
+    if out.resolve() == SOURCE_REPOSITORY.resolve():
+        return
+    for model in PYTHON_MODELS:
+        source = SOURCE_REPOSITORY / model / "1" / "model.py"
+        target = out / model / "1" / "model.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _export_network(settings: BuildSettings, version_dir: Path) -> Path:
+    from emoserve.a2e.network import build_network, load_official_checkpoint
+    from export.onnx_export import export_onnx
+    from export.spec import A2ENetworkSpec
+
+    onnx_path = version_dir / "model.onnx"
+    if settings.checkpoint is not None:
+        network = load_official_checkpoint(settings.checkpoint, settings.profile)
+    else:
+        network = build_network(settings.profile, seed=settings.seed)
+    spec = A2ENetworkSpec(max_batch=settings.network_max_batch)
+    export_onnx(network, spec, onnx_path)
+    return onnx_path
+
+
+def build_repository(out: Path, settings: BuildSettings) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_python_sources(out)
+    version_dir = out / A2E_NETWORK_MODEL / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = _export_network(settings, version_dir)
+    if settings.target == "gpu":
+        # the native backend replaces the python adapter on the GPU target
+        (version_dir / "model.py").unlink(missing_ok=True)
+        if settings.tensorrt:
+            from export.tensorrt import build_a2e_plan
+
+            build_a2e_plan(onnx_path, version_dir / "model.plan", max_batch=settings.network_max_batch)
+    configs = {
+        A2E_NETWORK_MODEL: network_config(settings),
+        A2E_STREAM_MODEL: stream_config(settings),
+        A2E_OFFLINE_MODEL: offline_config(settings),
+    }
+    for model, text in configs.items():
+        (out / model / "config.pbtxt").write_text(text)
+    manifest = {
+        "target": settings.target,
+        "profile": settings.profile,
+        "seed": settings.seed,
+        "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
+        "weights": settings.weights_description(),
+        "tensorrt": settings.tensorrt,
+    }
+    (out / "weights.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("model repository ready at %s (%s)", out, settings.weights_description())
+    return out
+
+
+def repository_is_built(out: Path) -> bool:
+    out = Path(out)
+    return (out / "weights.json").is_file() and all((out / model / "config.pbtxt").is_file() for model in PYTHON_MODELS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=SOURCE_REPOSITORY)
+    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--profile", choices=("full", "tiny"), default="full")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weight", type=Path, default=None, help="official LAM-A2E checkpoint (.tar/.pth with state_dict)")
+    parser.add_argument("--tensorrt", action="store_true", help="gpu target: also build a TensorRT plan (needs a GPU)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.tensorrt and args.target != "gpu":
+        parser.error("--tensorrt needs --target gpu")
+    settings = BuildSettings(target=args.target, profile=args.profile, seed=args.seed, checkpoint=args.weight, tensorrt=args.tensorrt)
+    build_repository(args.out, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

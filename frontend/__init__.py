@@ -1,0 +1,1 @@
+"""FastAPI front end: the documented REST APIs translated into Triton requests."""

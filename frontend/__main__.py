@@ -1,0 +1,36 @@
+"""``python -m frontend``: run the REST front end against a running Triton (see ``emoserve.stack`` for both)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from frontend.config import load_settings
+from frontend.main import create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Emotion-AI REST front end (LAM-A2E API) over Triton")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--config-file", type=Path, default=None, help="settings file (EMOSERVE_* keys, .env syntax)")
+    parser.add_argument("--triton-url", default=None, help="Triton gRPC address host:port")
+    parser.add_argument("--log-level", default=None, choices=("critical", "error", "warning", "info", "debug"))
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.triton_url:
+        overrides["triton_grpc_url"] = args.triton_url
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    settings = load_settings(args.config_file, **overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

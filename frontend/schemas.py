@@ -1,0 +1,66 @@
+"""Response and request bodies of the LAM-A2E API, field for field as its document gives them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from emoserve.constants import NUM_IDENTITIES
+
+
+class ServiceInfo(BaseModel):
+    service: str
+    version: str
+    endpoints: dict[str, str]
+
+
+class Health(BaseModel):
+    status: str = Field(description="healthy or not_ready")
+    model_loaded: bool
+    gpu_available: bool
+    sessions: int
+
+
+class Frame(BaseModel):
+    weights: list[float]
+    time: float
+    rotation: list[float] = Field(default_factory=list, description="head rotation: always empty, as documented")
+
+
+class InferMetadata(BaseModel):
+    fps: float
+    frame_count: int
+    blendshape_count: int
+    inference_time: float
+    weights: str = Field(description="which network weights produced these frames")
+
+
+class StreamMetadata(InferMetadata):
+    session_id: str
+    chunk_index: int
+
+
+class InferResponse(BaseModel):
+    names: list[str]
+    metadata: InferMetadata
+    frames: list[Frame]
+
+
+class StreamChunkResponse(BaseModel):
+    names: list[str]
+    metadata: StreamMetadata
+    frames: list[Frame]
+
+
+class StreamInitRequest(BaseModel):
+    id_idx: int = Field(0, ge=0, le=NUM_IDENTITIES - 1, description="identity / style index")
+
+
+class StreamInitResponse(BaseModel):
+    session_id: str
+    message: str
+    id_idx: int
+
+
+class StreamCloseResponse(BaseModel):
+    message: str
+    session_id: str

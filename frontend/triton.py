@@ -1,0 +1,155 @@
+"""The pooled async Triton client (gRPC) opened in the app's lifespan, and the A2E calls made through it.
+
+Triton's own errors are mapped to the API's typed errors here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from emoserve.model_catalog import (
+    A2E_MODELS,
+    A2E_NETWORK_MODEL,
+    A2E_OFFLINE_MODEL,
+    A2E_STREAM_MODEL,
+    AUDIO,
+    BLENDSHAPES,
+    BROW_MOVEMENT,
+    CHUNK_INDEX,
+    FIRST_FRAME_INDEX,
+    ID_IDX,
+    MOVEMENT_SMOOTH,
+    SEED,
+    WEIGHTS_PARAMETER,
+)
+from frontend.errors import ApiError, BadRequest, InferenceFailed, NotFound, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamChunkOutput:
+    frames: np.ndarray
+    first_frame_index: int
+    chunk_index: int
+
+
+def _tensor(name: str, value: np.ndarray, batched: bool) -> grpcclient.InferInput:
+    array = value[None] if batched else value
+    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32", np.dtype(np.bool_): "BOOL", np.dtype(np.uint64): "UINT64"}[array.dtype]
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _a2e_inputs(audio: np.ndarray, id_idx: int, movement_smooth: bool, brow_movement: bool, seed: int | None, batched: bool):
+    inputs = [
+        _tensor(AUDIO, np.ascontiguousarray(audio, dtype=np.float32).reshape(-1), batched),
+        _tensor(ID_IDX, np.array([id_idx], np.int32), batched),
+        _tensor(MOVEMENT_SMOOTH, np.array([movement_smooth], np.bool_), batched),
+        _tensor(BROW_MOVEMENT, np.array([brow_movement], np.bool_), batched),
+    ]
+    if seed is not None:
+        inputs.append(_tensor(SEED, np.array([seed], np.uint64), batched))
+    return inputs
+
+
+def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
+    status = (exc.status() or "").upper()
+    message = exc.message() or str(exc)
+    if "unknown model" in message or "is not ready" in message:
+        return ServiceUnavailable(f"{what}: model not initialised ({message})")
+    if "NOT_FOUND" in status or "must specify the START flag" in message or "is not active" in message:
+        return NotFound(message)
+    if "INVALID_ARG" in status:
+        return BadRequest(message)
+    if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status:
+        return ServiceUnavailable(f"{what}: Triton is unavailable ({message})")
+    return InferenceFailed(f"{what} failed: {message}")
+
+
+class TritonEngine:
+    def __init__(self, url: str, timeout_s: float):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.client = grpcclient.InferenceServerClient(url=url)
+        self._model_facts: dict[str, dict] = {}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def models_ready(self, models=A2E_MODELS) -> bool:
+        try:
+            if not await self.client.is_server_ready():
+                return False
+            for model in models:
+                if not await self.client.is_model_ready(model):
+                    return False
+        except InferenceServerException:
+            return False
+        return True
+
+    async def model_facts(self, model: str) -> dict:
+        """Weights description and whether the model runs on a GPU, from the model's Triton config."""
+        if model not in self._model_facts:
+            try:
+                config = (await self.client.get_model_config(model, as_json=True))["config"]
+            except InferenceServerException as exc:
+                raise map_triton_error(exc, f"reading {model} config") from None
+            instance_kinds = {group.get("kind", "KIND_CPU") for group in config.get("instance_group", [])}
+            weights = config.get("parameters", {}).get(WEIGHTS_PARAMETER, {}).get("string_value", "unknown")
+            self._model_facts[model] = {"weights": weights, "gpu": "KIND_GPU" in instance_kinds}
+        return self._model_facts[model]
+
+    async def gpu_available(self) -> bool:
+        try:
+            return bool((await self.model_facts(A2E_NETWORK_MODEL))["gpu"])
+        except ApiError:
+            return False
+
+    async def _infer(self, what: str, **kwargs):
+        try:
+            return await self.client.infer(client_timeout=self.timeout_s, **kwargs)
+        except InferenceServerException as exc:
+            raise map_triton_error(exc, what) from None
+
+    async def infer_whole_audio(self, audio: np.ndarray, id_idx: int, movement_smooth: bool, brow_movement: bool, seed: int = 0) -> np.ndarray:
+        result = await self._infer(
+            "whole-audio inference",
+            model_name=A2E_OFFLINE_MODEL,
+            inputs=_a2e_inputs(audio, id_idx, movement_smooth, brow_movement, seed, batched=False),
+            outputs=[grpcclient.InferRequestedOutput(BLENDSHAPES)],
+        )
+        return result.as_numpy(BLENDSHAPES)
+
+    async def stream_chunk(
+        self,
+        correlation_id: int,
+        audio: np.ndarray,
+        *,
+        start: bool,
+        end: bool = False,
+        id_idx: int = 0,
+        movement_smooth: bool = False,
+        brow_movement: bool = False,
+        seed: int | None = None,
+    ) -> StreamChunkOutput:
+        result = await self._infer(
+            "streaming inference",
+            model_name=A2E_STREAM_MODEL,
+            inputs=_a2e_inputs(audio, id_idx, movement_smooth, brow_movement, seed, batched=True),
+            outputs=[grpcclient.InferRequestedOutput(name) for name in (BLENDSHAPES, FIRST_FRAME_INDEX, CHUNK_INDEX)],
+            sequence_id=correlation_id,
+            sequence_start=start,
+            sequence_end=end,
+        )
+        return StreamChunkOutput(
+            frames=result.as_numpy(BLENDSHAPES)[0],
+            first_frame_index=int(result.as_numpy(FIRST_FRAME_INDEX).reshape(-1)[0]),
+            chunk_index=int(result.as_numpy(CHUNK_INDEX).reshape(-1)[0]),
+        )

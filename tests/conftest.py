@@ -1,0 +1,131 @@
+"""Shared fixtures: a tiny-profile model repository, a REAL tritonserver, a REAL front-end process.
+
+Nothing here fakes Triton: integration tests talk to the bundled tritonserver over HTTP/gRPC, and to
+the front end over HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = PROJECT_ROOT / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
+    """Voiced, syllable-modulated test audio with pauses (deterministic)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    pitch = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    syllables = np.clip(np.sin(2 * np.pi * 3.3 * t + rng.uniform(0, 6)), 0, None) ** 2
+    pauses = (np.sin(2 * np.pi * 0.25 * t) > -0.6).astype(float)
+    audio = 0.25 * voiced * syllables * pauses + 0.005 * rng.standard_normal(t.size)
+    return audio.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory) -> Path:
+    from export.build_repository import BuildSettings, build_repository
+
+    out = tmp_path_factory.mktemp("model_repository")
+    # a short idle timeout so the eviction test need not wait long
+    build_repository(out, BuildSettings(profile="tiny", seed=0, stream_idle_timeout_s=600.0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repository):
+    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+
+    options = TritonServerOptions(tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer(options)
+    server.start()
+    yield server
+    server.stop()
+    print(server.log_tail(20))
+
+
+class FrontendProcess:
+    def __init__(self, triton_grpc_url: str, env_overrides: dict[str, str] | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="frontend-", suffix=".log", delete=False)
+        env = dict(os.environ, **(env_overrides or {}))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "frontend", "--port", str(self.port), "--triton-url", triton_grpc_url, "--log-level", "info"],
+            cwd=PROJECT_ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"front end exited early:\n{self.log_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/api/health", timeout=2).json().get("status") == "healthy":
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"front end not healthy in time:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def frontend(triton_server):
+    process = FrontendProcess(triton_server.grpc_url, {"EMOSERVE_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024)})
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def api(frontend):
+    with httpx.Client(base_url=frontend.base_url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def example_wav() -> Path:
+    path = EXAMPLES / "speech.wav"
+    assert path.is_file(), "examples/speech.wav is part of the repository"
+    return path
+
+
+@pytest.fixture()
+def scratch_dir():
+    path = Path(tempfile.mkdtemp(prefix="emoserve-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
