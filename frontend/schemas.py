@@ -37,6 +37,7 @@ class InferMetadata(BaseModel):
 class StreamMetadata(InferMetadata):
     session_id: str
     chunk_index: int
+    start_time: float = Field(description="session time (s) of this chunk's first frame; frames[].time is relative to it")
 
 
 class InferResponse(BaseModel):
@@ -53,6 +54,9 @@ class StreamChunkResponse(BaseModel):
 
 class StreamInitRequest(BaseModel):
     id_idx: int = Field(0, ge=0, le=NUM_IDENTITIES - 1, description="identity / style index")
+    # Extensions of the documented body; the defaults are upstream's streaming behaviour.
+    movement_smooth: bool = Field(True, description="damp mouth movement during silence (upstream streaming always does)")
+    brow_movement: bool = Field(False, description="add brow movement on loud passages")
 
 
 class StreamInitResponse(BaseModel):

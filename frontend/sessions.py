@@ -26,6 +26,8 @@ class StreamSession:
     correlation_id: int
     id_idx: int
     seed: int
+    movement_smooth: bool = True
+    brow_movement: bool = False
     started: bool = False
     chunks: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -47,13 +49,13 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def create(self, id_idx: int) -> StreamSession:
+    async def create(self, id_idx: int, movement_smooth: bool = True, brow_movement: bool = False) -> StreamSession:
         async with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise ServiceUnavailable(f"too many streaming sessions ({self.max_sessions}); close one or retry later")
             # 63-bit random ids: no collision with another front-end replica or an earlier run's sequences
             correlation_id = secrets.randbits(63) or 1
-            session = StreamSession(str(uuid.uuid4()), correlation_id, id_idx, seed=correlation_id)
+            session = StreamSession(str(uuid.uuid4()), correlation_id, id_idx, correlation_id, movement_smooth, brow_movement)
             self._sessions[session.session_id] = session
             return session
 

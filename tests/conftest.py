@@ -29,7 +29,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
+def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000, with_pauses: bool = True) -> np.ndarray:
     """Voiced, syllable-modulated test audio with pauses (deterministic)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sample_rate)) / sample_rate
@@ -37,7 +37,7 @@ def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.n
     phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
     voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
     syllables = np.clip(np.sin(2 * np.pi * 3.3 * t + rng.uniform(0, 6)), 0, None) ** 2
-    pauses = (np.sin(2 * np.pi * 0.25 * t) > -0.6).astype(float)
+    pauses = (np.sin(2 * np.pi * 0.25 * t) > -0.6).astype(float) if with_pauses else 1.0
     audio = 0.25 * voiced * syllables * pauses + 0.005 * rng.standard_normal(t.size)
     return audio.astype(np.float32)
 

@@ -482,7 +482,47 @@ def build_network(profile: str = "full", seed: int = 0) -> LamA2ENetwork:
         torch.manual_seed(seed)
         net = LamA2ENetwork(prof)
     net.provenance = {"profile": prof.name, "seed": int(seed), "checkpoint": None}
-    return net.eval()
+    _calibrate_demo_output(net.eval())
+    return net
+
+
+_DEMO_OUTPUT_STD = 1.5
+_DEMO_OUTPUT_MEAN = -1.0
+
+
+def _calibration_audio(seconds: float = 3.0) -> Tensor:
+    """A deterministic voiced, syllable-modulated signal (no RNG): what calibration looks at."""
+    t = torch.arange(int(seconds * SAMPLE_RATE), dtype=torch.float64) / SAMPLE_RATE
+    pitch_phase = 2 * torch.pi * (120 * t + 10 * torch.sin(2 * torch.pi * 0.7 * t))
+    voiced = sum(torch.sin(k * pitch_phase) / k for k in range(1, 6))
+    envelope = torch.clamp(torch.sin(2 * torch.pi * 3.0 * t), min=0) ** 2
+    return (0.3 * voiced * envelope).to(torch.float32)[None]
+
+
+@torch.no_grad()
+def _calibrate_demo_output(net: "LamA2ENetwork") -> None:
+    """Rescale the random output layer so demo blendshapes move with the audio.
+
+    With default initialisation the pre-sigmoid activations of a random network have a tiny spread,
+    so every frame is ~0.5 and nothing visibly depends on the audio. An LSUV-style, data-dependent
+    rescale of ``output_proj`` (per channel: std 1.5, mean -1 on a fixed calibration signal) gives
+    demo output a realistic range (mostly small weights with audio-driven peaks). Official
+    checkpoints are never touched.
+    """
+    captured: list[Tensor] = []
+    handle = net.backbone.output_proj.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        audio = _calibration_audio()
+        ids = torch.arange(net.num_identities, dtype=torch.int64)
+        net(audio.expand(len(ids), -1), ids)
+    finally:
+        handle.remove()
+    pre = captured[0].reshape(-1, captured[0].shape[-1]).to(torch.float64)
+    mean, std = pre.mean(0), pre.std(0).clamp_min(1e-6)
+    gain = _DEMO_OUTPUT_STD / std
+    layer = net.backbone.output_proj
+    layer.weight.mul_(gain[:, None].to(layer.weight.dtype))
+    layer.bias.copy_(((layer.bias.to(torch.float64) - mean) * gain + _DEMO_OUTPUT_MEAN).to(layer.bias.dtype))
 
 
 _WEIGHT_NORM_LEGACY = {

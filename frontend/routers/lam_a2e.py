@@ -36,11 +36,9 @@ protected = APIRouter(prefix="/api", tags=["LAM-A2E"], dependencies=[Depends(req
 IdIdx = Annotated[int, Form(ge=0, le=NUM_IDENTITIES - 1, description="identity / style index")]
 
 
-def frames_payload(frames: np.ndarray, first_frame_index: int = 0) -> list[Frame]:
-    return [
-        Frame(weights=row.tolist(), time=(first_frame_index + i) / FPS, rotation=[])
-        for i, row in enumerate(np.asarray(frames, dtype=np.float64))
-    ]
+def frames_payload(frames: np.ndarray) -> list[Frame]:
+    """Frames with ``time`` from the start of this response, as the documented server does."""
+    return [Frame(weights=row.tolist(), time=i / FPS, rotation=[]) for i, row in enumerate(np.asarray(frames, dtype=np.float64))]
 
 
 async def decode_upload(data: bytes, vocals_only: bool, max_seconds: float, what: str) -> np.ndarray:
@@ -105,7 +103,7 @@ async def infer(
 @protected.post("/infer_stream_init", response_model=StreamInitResponse)
 async def stream_init(sessions: SessionsDep, engine: EngineDep, body: StreamInitRequest | None = None) -> StreamInitResponse:
     body = body or StreamInitRequest()
-    session = await sessions.create(body.id_idx)
+    session = await sessions.create(body.id_idx, body.movement_smooth, body.brow_movement)
     return StreamInitResponse(session_id=session.session_id, message="Streaming session initialized", id_idx=session.id_idx)
 
 
@@ -124,7 +122,13 @@ async def stream_chunk(
         session = sessions.get(session_id)  # it may have been closed while this chunk waited
         started = time.perf_counter()
         output = await engine.stream_chunk(
-            session.correlation_id, audio, start=not session.started, id_idx=session.id_idx, seed=session.seed
+            session.correlation_id,
+            audio,
+            start=not session.started,
+            id_idx=session.id_idx,
+            movement_smooth=session.movement_smooth,
+            brow_movement=session.brow_movement,
+            seed=session.seed,
         )
         elapsed = time.perf_counter() - started
         session.started = True
@@ -141,8 +145,9 @@ async def stream_chunk(
             weights=weights,
             session_id=session.session_id,
             chunk_index=output.chunk_index,
+            start_time=output.first_frame_index / FPS,
         ),
-        frames=frames_payload(output.frames, output.first_frame_index),
+        frames=frames_payload(output.frames),
     )
 
 

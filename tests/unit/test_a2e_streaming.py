@@ -366,3 +366,47 @@ def test_stream_brow_movement_only_with_loud_audio():
             ctx = new_stream_context(0, PostprocessOptions(brow_movement=flag, blink=False), seed=0)
             outs.append(np.concatenate(run_chunks(ctx, audio, [SAMPLE_RATE] * 3)))
         assert (not np.allclose(outs[0][:, brow], outs[1][:, brow])) == expect_change
+
+
+_LOCAL_CONTEXT_FRAMES = 15  # the local network's receptive field: 0.5 s of past audio
+
+
+def local_network(audio: np.ndarray, id_idx: np.ndarray) -> np.ndarray:
+    """A network whose frame t depends only on the 0.5 s of audio before it, at any input length.
+
+    For such a network, streaming with real left context must reproduce whole-file inference once
+    the context covers the receptive field; zero-filled context (upstream's bug) cannot.
+    """
+    audio = np.asarray(audio, dtype=np.float64)
+    frames = num_output_frames(audio.shape[1])
+    edges = np.minimum((np.arange(frames + 1) * SAMPLE_RATE) // 30, audio.shape[1])
+    envelope = np.stack([np.abs(audio[:, a:b]).mean(axis=1) if b > a else np.zeros(audio.shape[0]) for a, b in zip(edges[:-1], edges[1:])], axis=1)
+    kernel = np.ones(_LOCAL_CONTEXT_FRAMES) / _LOCAL_CONTEXT_FRAMES
+    smoothed = np.stack([np.convolve(row, kernel)[: row.size] for row in envelope])
+    z = 10.0 * smoothed[..., None] * _CHANNEL_WEIGHTS - 0.5 + 0.05 * np.asarray(id_idx, dtype=np.float64).reshape(-1, 1, 1)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def test_streaming_with_real_context_matches_whole_file_once_context_covers_the_receptive_field():
+    from emoserve.a2e.postprocess import postprocess_offline
+
+    audio = speech_like(5.0, seed=3)
+    options = PostprocessOptions(blink=False)
+    whole = postprocess_offline(local_network(audio[None], np.array([1]))[0], audio, options, np.random.default_rng(0))
+
+    def streamed(zero_fill_context: bool) -> np.ndarray:
+        ctx = new_stream_context(1, options, seed=0)
+        outputs = []
+        for start in range(0, audio.size, SAMPLE_RATE):
+            if zero_fill_context:  # upstream's bug: every chunk sees zeros on its left
+                ctx.previous_audio = np.zeros(0, np.float32)
+            outputs.append(process_chunk(ctx, audio[start : start + SAMPLE_RATE], local_network))
+        return np.concatenate(outputs)
+
+    with_context, zero_filled = streamed(False), streamed(True)
+    assert with_context.shape == whole.shape == (150, NUM_BLENDSHAPES)
+    settled = slice(_LOCAL_CONTEXT_FRAMES + 5, None)  # past the receptive field and the first blend
+    error_with_context = np.abs(with_context[settled] - whole[settled]).mean()
+    error_zero_filled = np.abs(zero_filled[settled] - whole[settled]).mean()
+    assert error_with_context < 0.01, error_with_context
+    assert error_zero_filled > 5 * error_with_context, (error_zero_filled, error_with_context)
