@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from emoserve.constants import NUM_BLENDSHAPES, NUM_IDENTITIES, WINDOW_SAMPLES, num_output_frames
+from emoserve.model_catalog import A2E_NETWORK_MODEL, NETWORK_AUDIO, NETWORK_BLENDSHAPES, NETWORK_IDENTITY
 
 __all__ = ["BaseNetworkSpec", "A2ENetworkSpec", "Shape", "InputProfile"]
 
@@ -63,7 +64,7 @@ class A2ENetworkSpec(BaseNetworkSpec):
     ``opt_samples`` (the 64-frame streaming window) / ``max_samples`` (10 s).
     """
 
-    name: str = "lam_a2e"
+    name: str = A2E_NETWORK_MODEL
     num_identities: int = NUM_IDENTITIES
     min_batch: int = 1
     opt_batch: int = 1
@@ -73,16 +74,16 @@ class A2ENetworkSpec(BaseNetworkSpec):
     max_samples: int = 160_000
 
     def get_input_names(self) -> list[str]:
-        return ["input_values", "id_idx"]
+        return [NETWORK_AUDIO, NETWORK_IDENTITY]
 
     def get_output_names(self) -> list[str]:
-        return ["blendshapes"]
+        return [NETWORK_BLENDSHAPES]
 
     def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {
-            "input_values": {0: "batch", 1: "samples"},
-            "id_idx": {0: "batch"},
-            "blendshapes": {0: "batch", 1: "frames"},
+            NETWORK_AUDIO: {0: "batch", 1: "samples"},
+            NETWORK_IDENTITY: {0: "batch"},
+            NETWORK_BLENDSHAPES: {0: "batch", 1: "frames"},
         }
 
     def get_input_profile(
@@ -108,8 +109,8 @@ class A2ENetworkSpec(BaseNetworkSpec):
         self._check_range("batch", b, lower=1)
         self._check_range("samples", s, lower=self.min_samples)
         return {
-            "input_values": [(b[0], s[0]), (b[1], s[1]), (b[2], s[2])],
-            "id_idx": [(b[0],), (b[1],), (b[2],)],
+            NETWORK_AUDIO: [(b[0], s[0]), (b[1], s[1]), (b[2], s[2])],
+            NETWORK_IDENTITY: [(b[0],), (b[1],), (b[2],)],
         }
 
     def get_output_shape(self, batch: int, samples: int) -> Shape:
@@ -117,9 +118,9 @@ class A2ENetworkSpec(BaseNetworkSpec):
 
     def get_shape_dict(self, batch: int, samples: int) -> dict[str, Shape]:
         return {
-            "input_values": (batch, samples),
-            "id_idx": (batch,),
-            "blendshapes": self.get_output_shape(batch, samples),
+            NETWORK_AUDIO: (batch, samples),
+            NETWORK_IDENTITY: (batch,),
+            NETWORK_BLENDSHAPES: self.get_output_shape(batch, samples),
         }
 
     def get_sample_input(

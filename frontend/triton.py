@@ -62,6 +62,8 @@ def _a2e_inputs(audio: np.ndarray, id_idx: int, movement_smooth: bool, brow_move
 def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
     status = (exc.status() or "").upper()
     message = exc.message() or str(exc)
+    if "INTERNAL" in status:  # a model ran and failed (its message may quote a dependency's error)
+        return InferenceFailed(f"{what} failed: {message}")
     if "unknown model" in message or "is not ready" in message:
         return ServiceUnavailable(f"{what}: model not initialised ({message})")
     if "NOT_FOUND" in status or "must specify the START flag" in message or "is not active" in message:

@@ -1,0 +1,11 @@
+# NVIDIA Triton (the release matching the 2.51 server used on CPU) with what the python-backend
+# models import: the emoserve package and its numeric/audio dependencies.
+FROM nvcr.io/nvidia/tritonserver:24.10-py3
+WORKDIR /opt/emoserve
+COPY pyproject.toml README.md ./
+COPY emoserve emoserve
+COPY export export
+COPY frontend frontend
+RUN pip install --no-cache-dir --no-deps . && pip install --no-cache-dir "numpy<2" scipy soundfile av "onnxruntime>=1.17"
+EXPOSE 8000 8001 8002
+CMD ["tritonserver", "--model-repository=/models", "--allow-gpu-metrics=true"]
