@@ -73,7 +73,8 @@ FULL_PLAN = BenchPlan(
     infer_clip_seconds=5.0,
     stream_chunks=12,
     stream_concurrency=(1, 4, 8),
-    capacity_levels=(1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    # the full network takes ~0.4 s per 1 s window on one 2-core box, so the interesting range is small
+    capacity_levels=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32),
     capacity_chunks=10,
     rest_capacity=True,
     time_budget_s=540.0,
@@ -460,6 +461,19 @@ def model_statistics(grpc_url: str, model: str) -> dict:
     }
 
 
+def settled_statistics(grpc_url: str, models: tuple[str, ...], timeout_s: float = 3.0) -> dict[str, dict]:
+    """Statistics once they stop changing: Triton may record an execution just after its responses went out."""
+    deadline = time.monotonic() + timeout_s
+    current = {m: model_statistics(grpc_url, m) for m in models}
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        again = {m: model_statistics(grpc_url, m) for m in models}
+        if again == current:
+            break
+        current = again
+    return current
+
+
 def statistics_delta(before: dict, after: dict) -> dict:
     batches = {size: after["batches"].get(size, 0) - before["batches"].get(size, 0) for size in after["batches"]}
     return {
@@ -553,7 +567,7 @@ def latency_row(label: str, stats: LatencyStats) -> list[str]:
 # --------------------------------------------------------------------------------------------- phases
 
 
-def warm_up(frontend_url: str, grpc_url: str, runner, speech: np.ndarray, clip_wav: bytes, max_concurrency: int) -> None:
+def warm_up(frontend_url: str, grpc_url: str, runner, speech: np.ndarray, clip_wav: bytes, concurrencies: tuple[int, ...]) -> None:
     """First calls at each batch shape allocate ONNX Runtime buffers; keep that out of the figures."""
     import httpx
 
@@ -563,11 +577,11 @@ def warm_up(frontend_url: str, grpc_url: str, runner, speech: np.ndarray, clip_w
     with httpx.Client(base_url=frontend_url, timeout=REQUEST_TIMEOUT_S) as client:
         client.post("/api/infer", files={"audio_file": ("clip.wav", clip_wav, "audio/wav")}).raise_for_status()
     stop_at = time.monotonic() + 120
-    for count in sorted({1, max_concurrency}):
+    for count in sorted({1, max(concurrencies)}):
         run_sessions(count, lambda s, g, d, p: triton_session(grpc_url, session_chunks(speech, s, 2), s, g, d, p), stop_at)
     wavs = [encode_wav(c) for c in session_chunks(speech, 0, 2)]
     run_sessions(1, lambda s, g, d, p: rest_session(frontend_url, wavs, s, g, d, p), stop_at)
-    for batch in range(1, max_concurrency + 1):
+    for batch in sorted(set(concurrencies)):
         runner(np.zeros((batch, WINDOW_SAMPLES), np.float32), np.zeros(batch, np.int64))
 
 
@@ -609,6 +623,7 @@ def bench_streaming(report: Report, frontend_url: str, grpc_url: str, runner, sp
     results: dict[int, dict[str, LatencyStats]] = {}
     batching: dict[str, dict[str, dict]] = {}
     top = max(plan.stream_concurrency)
+    models = (A2E_STREAM_MODEL, A2E_NETWORK_MODEL)
     for concurrency in plan.stream_concurrency:
         # a whole level is skipped rather than cut when the budget cannot cover it
         if budget.remaining() < 5:
@@ -621,17 +636,17 @@ def bench_streaming(report: Report, frontend_url: str, grpc_url: str, runner, sp
 
         snapshots = {}
         if concurrency == top:
-            snapshots["REST"] = {m: model_statistics(grpc_url, m) for m in (A2E_STREAM_MODEL, A2E_NETWORK_MODEL)}
+            snapshots["REST"] = settled_statistics(grpc_url, models)
         per_path["REST"], _ = run_sessions(concurrency, lambda s, g, d, p: rest_session(frontend_url, wavs[s], s, g, d, p), stop_at)
         if concurrency == top:
-            after = {m: model_statistics(grpc_url, m) for m in (A2E_STREAM_MODEL, A2E_NETWORK_MODEL)}
+            after = settled_statistics(grpc_url, models)
             batching["REST"] = {m: statistics_delta(snapshots["REST"][m], after[m]) for m in after}
             snapshots["Triton gRPC"] = after
 
         stop_at = time.monotonic() + max(budget.remaining() / 3, 5)
         per_path["Triton gRPC"], _ = run_sessions(concurrency, lambda s, g, d, p: triton_session(grpc_url, chunks[s], s, g, d, p), stop_at)
         if concurrency == top:
-            after = {m: model_statistics(grpc_url, m) for m in (A2E_STREAM_MODEL, A2E_NETWORK_MODEL)}
+            after = settled_statistics(grpc_url, models)
             batching["Triton gRPC"] = {m: statistics_delta(snapshots["Triton gRPC"][m], after[m]) for m in after}
 
         stop_at = time.monotonic() + max(budget.remaining() / 3, 5)
@@ -643,7 +658,9 @@ def bench_streaming(report: Report, frontend_url: str, grpc_url: str, runner, sp
     for concurrency, per_path in results.items():
         for path, stats in per_path.items():
             throughput = stats.n / stats.wall_s if stats.wall_s > 0 else float("nan")
-            rows.append([str(concurrency), path, str(stats.n), ms(stats.p(50)), ms(stats.p(99)), ms(stats.mean),
+            expected = concurrency * plan.stream_chunks
+            count = str(stats.n) if stats.n == expected else f"{stats.n} of {expected} (cut)"
+            rows.append([str(concurrency), path, count, ms(stats.p(50)), ms(stats.p(99)), ms(stats.mean),
                          f"{throughput:.2f}", str(len(stats.errors))])
     report.table(
         f"2. Streaming: per-chunk latency, {CHUNK_SECONDS:g} s chunks sent back-to-back, {plan.stream_chunks} chunks per session",
@@ -670,7 +687,7 @@ def bench_streaming(report: Report, frontend_url: str, grpc_url: str, runner, sp
 
 def report_batching(report: Report, batching: dict, concurrency: int, chunks: int) -> None:
     if not batching:
-        report.add(f"### 4. Batching evidence\n\n(not measured: the {concurrency}-session run did not take place)\n")
+        report.add(f"### 2c. Batching evidence\n\n(not measured: the {concurrency}-session run did not take place)\n")
         return
     rows = []
     for path, models in batching.items():
@@ -681,7 +698,7 @@ def report_batching(report: Report, batching: dict, concurrency: int, chunks: in
                          f"{inferences / executions:.2f}" if executions else "n/a",
                          "yes" if 0 < executions < inferences else "no", histogram])
     report.table(
-        f"4. Batching evidence: Triton statistics around the {concurrency}-session streaming run ({chunks} chunks per session)",
+        f"2c. Batching evidence: Triton statistics around the {concurrency}-session streaming run ({chunks} chunks per session)",
         ["run", "model", "inference_count", "execution_count", "avg batch", "batched across sessions", "batch size × executions"],
         rows,
         note=("Deltas of `get_inference_statistics`. executions < inferences means one model execution served chunks of "
@@ -737,6 +754,7 @@ def run(args: argparse.Namespace) -> int:
     from emoserve.audio import encode_wav
     from emoserve.model_catalog import A2E_NETWORK_MODEL
     from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from export.build_repository import BuildSettings
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.no_rest_capacity:
@@ -776,10 +794,11 @@ def run(args: argparse.Namespace) -> int:
         versions_now = versions(server.grpc_url)
 
         t0 = time.perf_counter()
-        warm_up(frontend.base_url, server.grpc_url, runner, speech, clip_wav, max(plan.stream_concurrency))
+        warm_up(frontend.base_url, server.grpc_url, runner, speech, clip_wav, plan.stream_concurrency)
         phase_times["warm-up"] = time.perf_counter() - t0
 
         budget = Budget(plan.time_budget_s)
+        build = BuildSettings(profile=args.profile, seed=0)
         header = [
             f"# LAM-A2E serving benchmark — `{args.profile}` profile{' (quick)' if args.quick else ''}",
             "",
@@ -791,6 +810,10 @@ def run(args: argparse.Namespace) -> int:
             "- versions: " + "; ".join(f"{k} {v}" for k, v in versions_now.items()),
             f"- load average at start (1/5/15 min): {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f} "
             "(other work on the machine skews every figure)",
+            f"- Triton batching settings (export.build_repository.BuildSettings defaults): `lam_a2e_stream` sequence "
+            f"batcher `oldest`, max batch {build.stream_max_batch}, queue delay {build.stream_queue_delay_us} µs, 1 instance; "
+            f"`lam_a2e` dynamic batching, max batch {build.network_max_batch}, queue delay {build.network_queue_delay_us} µs, "
+            f"{build.network_instances} instance(s), onnxruntime intra-op threads {build.onnx_threads or 'default'}",
             "- load generator: this process (threads, httpx / tritonclient gRPC) on the same cores as the servers; "
             "all traffic on 127.0.0.1",
             "",
@@ -863,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is None:
         args.profile = "tiny" if args.quick else "full"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
     # SIGTERM (e.g. a CI timeout) → SystemExit, so the finally blocks stop tritonserver and the front end
     def _terminate(signum, frame):

@@ -80,6 +80,12 @@ class SessionRegistry:
                     log.warning("ending Triton sequence of session %s failed: %s", session_id, exc)
         return session
 
+    async def forget(self, session: StreamSession) -> None:
+        """Drop a session whose Triton sequence is already gone (e.g. Triton's idle timeout ended it)."""
+        session.closed = True
+        async with self._lock:
+            self._sessions.pop(session.session_id, None)
+
     async def expire_idle(self) -> list[str]:
         now = time.monotonic()
         idle = [s.session_id for s in list(self._sessions.values()) if not s.lock.locked() and now - s.last_used > self.idle_timeout_s]

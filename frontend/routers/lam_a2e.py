@@ -13,7 +13,7 @@ from emoserve.audio import AudioDecodeError, decode_audio
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
 from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_MODELS
 from frontend.deps import EngineDep, SessionsDep, SettingsDep, read_upload, require_api_key
-from frontend.errors import BadRequest
+from frontend.errors import BadRequest, NotFound
 from frontend.schemas import (
     Frame,
     Health,
@@ -121,15 +121,19 @@ async def stream_chunk(
     async with session.lock:
         session = sessions.get(session_id)  # it may have been closed while this chunk waited
         started = time.perf_counter()
-        output = await engine.stream_chunk(
-            session.correlation_id,
-            audio,
-            start=not session.started,
-            id_idx=session.id_idx,
-            movement_smooth=session.movement_smooth,
-            brow_movement=session.brow_movement,
-            seed=session.seed,
-        )
+        try:
+            output = await engine.stream_chunk(
+                session.correlation_id,
+                audio,
+                start=not session.started,
+                id_idx=session.id_idx,
+                movement_smooth=session.movement_smooth,
+                brow_movement=session.brow_movement,
+                seed=session.seed,
+            )
+        except NotFound:
+            await sessions.forget(session)
+            raise NotFound(f"session {session_id} expired on the inference server; start a new session") from None
         elapsed = time.perf_counter() - started
         session.started = True
         session.chunks = output.chunk_index

@@ -16,10 +16,17 @@ from emoserve.triton_launcher import TritonServer, TritonServerOptions
 from tests.conftest import FrontendProcess, free_port, speech_like
 
 
+TRITON_IDLE_TIMEOUT_S = 1.0
+
+
 @pytest.fixture(scope="module")
-def explicit_triton(tiny_repository):
+def explicit_triton(tmp_path_factory):
+    from export.build_repository import BuildSettings, build_repository
+
+    # Triton's own sequence idle timeout is short here; the front end's stays at its 300 s default
+    repository = build_repository(tmp_path_factory.mktemp("short_idle_repository"), BuildSettings(profile="tiny", stream_idle_timeout_s=TRITON_IDLE_TIMEOUT_S))
     options = TritonServerOptions(
-        tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
         extra_args=["--model-control-mode=explicit", "--load-model=*"],
     )
     with TritonServer(options) as server:
@@ -70,3 +77,24 @@ def test_unloaded_model_is_503_and_recovers(explicit_triton, fault_frontend):
     assert control.is_model_ready(A2E_STREAM_MODEL)
     assert _infer(fault_frontend).status_code == 200
     control.close()
+
+
+def test_sequence_expired_inside_triton_is_404_and_frees_the_rest_session(fault_frontend):
+    import time
+
+    base = fault_frontend.base_url
+    before = httpx.get(f"{base}/api/health").json()["sessions"]
+    session = httpx.post(f"{base}/api/infer_stream_init", json={}).json()["session_id"]
+
+    def chunk() -> httpx.Response:
+        return httpx.post(
+            f"{base}/api/infer_stream_chunk", data={"session_id": session},
+            files={"audio_chunk": ("c.wav", encode_wav(speech_like(1.0)))}, timeout=60,
+        )
+
+    assert chunk().status_code == 200
+    time.sleep(TRITON_IDLE_TIMEOUT_S * 3)
+    expired = chunk()
+    assert expired.status_code == 404 and "expired on the inference server" in expired.json()["detail"]
+    assert httpx.get(f"{base}/api/health").json()["sessions"] == before
+    assert chunk().status_code == 404
