@@ -30,7 +30,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.a2e_bench --profile full
 
 clean:
 	rm -rf model_repository/weights.json model_repository/*/config.pbtxt model_repository/*/1/*.onnx model_repository/*/1/*.json

@@ -29,8 +29,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,12 +38,14 @@ from typing import Callable
 
 import numpy as np
 
+from emoserve.constants import SAMPLE_RATE
+from emoserve.processes import FrontendProcess, free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = PROJECT_ROOT / "benchmarks" / ".work"
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
 EXAMPLE_WAV = PROJECT_ROOT / "examples" / "speech.wav"
 
-SAMPLE_RATE = 16000
 CHUNK_SECONDS = 1.0
 REALTIME_P99_LIMIT_S = 1.0  # capacity criterion: p99 chunk latency below the chunk duration
 REQUEST_TIMEOUT_S = 60.0
@@ -106,12 +106,6 @@ class Budget:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
@@ -170,56 +164,6 @@ def session_chunks(speech: np.ndarray, session: int, count: int) -> list[np.ndar
 
 
 # --------------------------------------------------------------------------------------------- processes
-
-
-class Frontend:
-    """``python -m frontend`` on a free loopback port, stopped (terminate → kill) by :meth:`stop`."""
-
-    def __init__(self, triton_grpc_url: str, log_path: Path):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-        self.triton_grpc_url = triton_grpc_url
-
-    def start(self, timeout_s: float = 90.0) -> "Frontend":
-        import httpx
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--triton-url", self.triton_grpc_url, "--log-level", "warning"],
-                cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"front end exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/api/health", timeout=2).json().get("status") == "healthy":
-                    return self
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"front end not healthy after {timeout_s:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no front-end log)"
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def ensure_repository(profile: str) -> Path:
@@ -782,13 +726,13 @@ def run(args: argparse.Namespace) -> int:
     report = Report()
     server = TritonServer(TritonServerOptions(repository, http_port=free_port(), grpc_port=free_port(),
                                               metrics_port=free_port(), log_path=triton_log))
-    frontend: Frontend | None = None
+    frontend: FrontendProcess | None = None
     try:
         t0 = time.perf_counter()
         server.start()
         phase_times["tritonserver start"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        frontend = Frontend(server.grpc_url, logs / f"frontend-{args.profile}.log").start()
+        frontend = FrontendProcess(server.grpc_url, log_path=logs / f"frontend-{args.profile}.log", log_level="warning").start()
         phase_times["front end start"] = time.perf_counter() - t0
         runner = A2EOnnxRunner(repository / A2E_NETWORK_MODEL / "1" / "model.onnx")
         versions_now = versions(server.grpc_url)

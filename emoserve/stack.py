@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.rebuild or args.weight is not None or not repository_is_built(args.model_repository):
             log.info("building the model repository (profile %s) ...", args.profile)
             build_repository(args.model_repository, BuildSettings(profile=args.profile, checkpoint=args.weight))
-        server = TritonServer(TritonServerOptions(args.model_repository, DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT))
+        log_path = Path("logs") / "tritonserver.log"
+        server = TritonServer(
+            TritonServerOptions(args.model_repository, DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT, log_path=log_path)
+        )
         server.start()
         triton_url = server.grpc_url
     else:

@@ -137,7 +137,7 @@ def stream_config(settings: BuildSettings) -> str:
         '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }',
         "  ]",
         "  oldest {",
-        f"    max_candidate_sequences: 1024",
+        "    max_candidate_sequences: 1024",
         f"    preferred_batch_size: [ {settings.stream_max_batch} ]",
         f"    max_queue_delay_microseconds: {settings.stream_queue_delay_us}",
         "  }",

@@ -6,27 +6,16 @@ the front end over HTTP on loopback.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from emoserve.processes import FrontendProcess, free_port  # noqa: F401  (re-exported for tests)
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = PROJECT_ROOT / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000, with_pauses: bool = True) -> np.ndarray:
@@ -47,8 +36,7 @@ def tiny_repository(tmp_path_factory) -> Path:
     from export.build_repository import BuildSettings, build_repository
 
     out = tmp_path_factory.mktemp("model_repository")
-    # a short idle timeout so the eviction test need not wait long
-    build_repository(out, BuildSettings(profile="tiny", seed=0, stream_idle_timeout_s=600.0))
+    build_repository(out, BuildSettings(profile="tiny", seed=0))
     return out
 
 
@@ -64,49 +52,9 @@ def triton_server(tiny_repository):
     print(server.log_tail(20))
 
 
-class FrontendProcess:
-    def __init__(self, triton_grpc_url: str, env_overrides: dict[str, str] | None = None):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="frontend-", suffix=".log", delete=False)
-        env = dict(os.environ, **(env_overrides or {}))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "frontend", "--port", str(self.port), "--triton-url", triton_grpc_url, "--log-level", "info"],
-            cwd=PROJECT_ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"front end exited early:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.base_url}/api/health", timeout=2).json().get("status") == "healthy":
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"front end not healthy in time:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        Path(self.log.name).unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="session")
 def frontend(triton_server):
-    process = FrontendProcess(triton_server.grpc_url, {"EMOSERVE_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024)})
+    process = FrontendProcess(triton_server.grpc_url, {"EMOSERVE_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024)}).start()
     yield process
     process.stop()
 
@@ -122,10 +70,3 @@ def example_wav() -> Path:
     path = EXAMPLES / "speech.wav"
     assert path.is_file(), "examples/speech.wav is part of the repository"
     return path
-
-
-@pytest.fixture()
-def scratch_dir():
-    path = Path(tempfile.mkdtemp(prefix="emoserve-test-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)

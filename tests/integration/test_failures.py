@@ -35,7 +35,7 @@ def explicit_triton(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fault_frontend(explicit_triton):
-    process = FrontendProcess(explicit_triton.grpc_url)
+    process = FrontendProcess(explicit_triton.grpc_url).start()
     yield process
     process.stop()
 

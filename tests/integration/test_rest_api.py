@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import tempfile
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,7 +15,7 @@ from emoserve.audio import decode_audio, encode_wav
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, SAMPLE_RATE
 from emoserve.model_catalog import A2E_OFFLINE_MODEL, AUDIO, BLENDSHAPES, BROW_MOVEMENT, ID_IDX, MOVEMENT_SMOOTH, SEED
 from emoserve.triton_launcher import leftover_shm_regions
-from tests.conftest import FrontendProcess, speech_like
+from tests.conftest import FrontendProcess, free_port, speech_like
 
 EYE_BLINKS = [ARKIT_BLENDSHAPE_NAMES.index("eyeBlinkLeft"), ARKIT_BLENDSHAPE_NAMES.index("eyeBlinkRight")]
 
@@ -309,7 +308,7 @@ def test_unknown_and_closed_sessions_are_404(api, no_leaks):
 def test_idle_sessions_expire_and_free_triton_state(triton_server):
     frontend = FrontendProcess(
         triton_server.grpc_url, {"EMOSERVE_SESSION_IDLE_TIMEOUT_S": "1", "EMOSERVE_SESSION_SWEEP_INTERVAL_S": "0.2"}
-    )
+    ).start()
     try:
         with httpx.Client(base_url=frontend.base_url, timeout=60) as client:
             session_id = open_session(client)
@@ -328,7 +327,7 @@ def test_idle_sessions_expire_and_free_triton_state(triton_server):
 
 
 def test_api_key_guards_the_api_when_set(triton_server, example_wav):
-    frontend = FrontendProcess(triton_server.grpc_url, {"EMOSERVE_API_KEY": "s3cret"})
+    frontend = FrontendProcess(triton_server.grpc_url, {"EMOSERVE_API_KEY": "s3cret"}).start()
     try:
         with httpx.Client(base_url=frontend.base_url, timeout=60) as client:
             assert client.post("/api/infer_stream_init", json={}).status_code == 401
@@ -341,34 +340,13 @@ def test_api_key_guards_the_api_when_set(triton_server, example_wav):
 
 
 def test_triton_down_is_503():
-    from tests.conftest import free_port
-
     dead = f"127.0.0.1:{free_port()}"
-    frontend = FrontendProcess.__new__(FrontendProcess)
     # no health wait: the front end must start and answer even while Triton is unreachable
-    import subprocess
-    import sys
-    import time
-
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="frontend-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "frontend", "--port", str(port), "--triton-url", dead], cwd=Path(__file__).resolve().parents[2],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    frontend = FrontendProcess(dead).start(timeout_s=30, wait_healthy=False)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                health = httpx.get(f"{base}/api/health", timeout=5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        health = httpx.get(f"{frontend.base_url}/api/health", timeout=5)
         assert health.json() == {"status": "not_ready", "model_loaded": False, "gpu_available": False, "sessions": 0}
-        response = httpx.post(f"{base}/api/infer", files={"audio_file": ("a.wav", wav_bytes(speech_like(1.0)))}, timeout=30)
+        response = httpx.post(f"{frontend.base_url}/api/infer", files={"audio_file": ("a.wav", wav_bytes(speech_like(1.0)))}, timeout=30)
         assert response.status_code == 503 and "unavailable" in response.json()["detail"].lower()
     finally:
-        process.terminate()
-        process.wait(timeout=15)
-        Path(log.name).unlink(missing_ok=True)
+        frontend.stop()

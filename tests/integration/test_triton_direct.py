@@ -166,6 +166,18 @@ def _statistics(http, model):
     return int(stats["inference_count"]), int(stats["execution_count"])
 
 
+def _settled_statistics(http, model, expected_inferences: int, timeout_s: float = 10.0):
+    """Triton updates a model's counters just after the responses are sent: wait for the last ones."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    counts = _statistics(http, model)
+    while counts[0] < expected_inferences and time.monotonic() < deadline:
+        time.sleep(0.05)
+        counts = _statistics(http, model)
+    return counts
+
+
 def test_concurrent_sequences_are_batched_into_one_network_call(triton_server, http, reference_network):
     """8 sessions stream at once: the stream model and the network see fewer executions than requests."""
     num_sessions, num_chunks = 8, 4
@@ -195,9 +207,11 @@ def test_concurrent_sequences_are_batched_into_one_network_call(triton_server, h
         chunks = [audios[session][i * SAMPLE_RATE : (i + 1) * SAMPLE_RATE] for i in range(num_chunks)]
         np.testing.assert_allclose(served, _reference_stream(reference_network, chunks, 1, session % 12, session), atol=1e-5)
 
-    inferences, executions = (a - b for a, b in zip(_statistics(http, A2E_STREAM_MODEL), before_stream))
-    assert inferences == num_sessions * num_chunks
+    total = num_sessions * num_chunks
+    inferences, executions = (a - b for a, b in zip(_settled_statistics(http, A2E_STREAM_MODEL, before_stream[0] + total), before_stream))
+    assert inferences == total
     assert executions < inferences, f"stream model ran {executions} executions for {inferences} chunks"
-    network_inferences, network_executions = (a - b for a, b in zip(_statistics(http, A2E_NETWORK_MODEL), before_network))
+    network_after = _settled_statistics(http, A2E_NETWORK_MODEL, before_network[0] + total)
+    network_inferences, network_executions = (a - b for a, b in zip(network_after, before_network))
     assert network_inferences == num_sessions * num_chunks  # one window per chunk, batched
     assert network_executions < network_inferences

@@ -7,7 +7,6 @@ import pytest
 from scipy.signal import savgol_filter
 
 from emoserve.a2e.postprocess import (
-    BLINK_PATTERNS,
     BROW_NAMES,
     LEFT_RIGHT_PAIRS,
     MOUTH_JAW_NAMES,

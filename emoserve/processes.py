@@ -1,0 +1,79 @@
+"""Loopback helpers shared by the tests and the benchmarks: free ports and a front-end child process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FrontendProcess:
+    """``python -m frontend`` on a free loopback port; ``start()`` waits until its health says healthy."""
+
+    def __init__(self, triton_grpc_url: str, env: dict[str, str] | None = None, log_path: Path | None = None, log_level: str = "info"):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.triton_grpc_url = triton_grpc_url
+        self.env = dict(os.environ, **(env or {}))
+        self.log_level = log_level
+        self._owns_log = log_path is None
+        if log_path is None:
+            handle, name = tempfile.mkstemp(prefix="frontend-", suffix=".log")
+            os.close(handle)
+            log_path = Path(name)
+        self.log_path = Path(log_path)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0, wait_healthy: bool = True) -> "FrontendProcess":
+        import httpx
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--triton-url", self.triton_grpc_url, "--log-level", self.log_level],
+                cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"front end exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                status = httpx.get(f"{self.base_url}/api/health", timeout=2).json().get("status")
+                if status == "healthy" or not wait_healthy:
+                    return self
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"front end not healthy after {timeout_s:.0f}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no front-end log)"
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if self._owns_log:
+            self.log_path.unlink(missing_ok=True)
