@@ -171,7 +171,7 @@ def ensure_repository(profile: str) -> Path:
 
     out = WORK_DIR / f"repo-{profile}"
     started = time.perf_counter()
-    build_repository(out, BuildSettings(profile=profile, seed=0))  # the ONNX export is cached by fingerprint
+    build_repository(out, BuildSettings(profile=profile, seed=0, slices=("lam_a2e",)))  # the ONNX export is cached by fingerprint
     log.info("model repository %s ready in %.1f s", out, time.perf_counter() - started)
     return out
 

@@ -94,3 +94,29 @@ def num_output_frames(num_samples: int) -> int:
     if n < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     return (n * FPS + SAMPLE_RATE - 1) // SAMPLE_RATE
+
+
+# =========================================================================== Emotion-LLaMA
+# Image preprocessing of Emotion-LLaMA / MiniGPT-v2 (``Blip2ImageEvalProcessor``, image_size 448):
+# first RGB frame -> bicubic resize to 448x448 -> ToTensor (/255) -> Normalize(CLIP mean/std).
+
+IMAGE_SIZE = 448
+"""Side of the square image fed to the EVA-CLIP ViT-g (pixels)."""
+
+VIT_PATCH_SIZE = 14
+"""ViT patch size: (448 / 14)^2 = 1024 patch tokens (+1 CLS)."""
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+"""Per-channel (RGB) mean of the image normalisation (OpenAI CLIP statistics)."""
+
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+"""Per-channel (RGB) standard deviation of the image normalisation."""
+
+NUM_IMAGE_TOKENS = 256
+"""LLM tokens from the image: 1024 patch tokens regrouped 4 at a time."""
+
+NUM_FEATURE_TOKENS = 3
+"""LLM tokens from ``video_features``: FaceMAE, VideoMAE, HuBERT (in that order)."""
+
+NUM_MULTIMODAL_TOKENS = NUM_IMAGE_TOKENS + NUM_FEATURE_TOKENS + 1
+"""cat(256 image tokens, 3 feature tokens, 1 CLS token) = 260 embeddings per clip."""

@@ -61,8 +61,7 @@ def _audio_track(container, max_seconds: float | None) -> np.ndarray | None:
     return resample(audio, int(rate), SAMPLE_RATE)
 
 
-def decode_video(data: bytes, max_audio_seconds: float | None = 600.0) -> DecodedVideo:
-    """First RGB frame and 16 kHz mono audio of an encoded video (MP4/AVI/MOV/MKV/WebM ...)."""
+def _open_first_frame(data: bytes) -> tuple[np.ndarray, float | None]:
     import av
 
     if not data:
@@ -72,13 +71,30 @@ def decode_video(data: bytes, max_audio_seconds: float | None = 600.0) -> Decode
             if not container.streams.video:
                 raise VideoDecodeError("the file has no video stream")
             duration = float(container.duration / av.time_base) if container.duration else None
-            frame = _first_frame(container)
-        with av.open(io.BytesIO(data), mode="r") as container:
-            audio = _audio_track(container, max_audio_seconds)
-    except (VideoDecodeError, AudioDecodeError):
+            return _first_frame(container), duration
+    except VideoDecodeError:
         raise
     except Exception as exc:  # PyAV raises a family of FFmpeg errors for garbage input
         raise VideoDecodeError(f"not a supported video file ({type(exc).__name__}: {exc})") from None
+
+
+def probe_video(data: bytes) -> None:
+    """Raise :class:`VideoDecodeError` unless the bytes are a video whose first frame decodes."""
+    _open_first_frame(data)
+
+
+def decode_video(data: bytes, max_audio_seconds: float | None = 600.0) -> DecodedVideo:
+    """First RGB frame and 16 kHz mono audio of an encoded video (MP4/AVI/MOV/MKV/WebM ...)."""
+    import av
+
+    frame, duration = _open_first_frame(data)
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            audio = _audio_track(container, max_audio_seconds)
+    except AudioDecodeError:
+        raise
+    except Exception as exc:
+        raise VideoDecodeError(f"the audio track cannot be decoded ({type(exc).__name__}: {exc})") from None
     return DecodedVideo(first_frame=frame, audio=audio, duration_s=duration)
 
 

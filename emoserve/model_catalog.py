@@ -25,3 +25,29 @@ CHUNK_INDEX = "CHUNK_INDEX"
 
 # Parameters written into generated configs and read back by the front end.
 WEIGHTS_PARAMETER = "weights_description"
+
+# ---- Emotion-LLaMA: the LLM and the pipeline --------------------------------------------------------
+EMOTION_LLM_MODEL = "emotion_llama_llm"
+EMOTION_PIPELINE_MODEL = "emotion_llama"
+
+VIDEO = "VIDEO"  # encoded video file bytes
+PROMPT = "PROMPT"  # the user's prompt text (UTF-8)
+MULTIMODAL_EMBEDDINGS = "MULTIMODAL_EMBEDDINGS"  # [260, llm hidden]: 256 image, 3 feature, 1 CLS tokens
+TEMPERATURE = "TEMPERATURE"
+TOP_P = "TOP_P"
+REPETITION_PENALTY = "REPETITION_PENALTY"
+MAX_NEW_TOKENS = "MAX_NEW_TOKENS"
+TEXT_DELTA = "TEXT_DELTA"  # streamed: the text added by this response
+TEXT = "TEXT"  # final response: the whole answer
+TOKEN_IDS = "TOKEN_IDS"  # final response: generated token ids
+RESULT_METADATA = "RESULT_METADATA"  # final response: JSON (finish reason, emotion, confidence, timings, weights)
+
+# ---- Emotion-LLaMA: the encoders (also the ONNX graphs' names) --------------------------------------
+EMOTION_VISION_MODEL = "emotion_llama_vision"  # EVA ViT-g + ln_vision + llama_proj / cls_tk_llama_proj
+EMOTION_AUDIO_MODEL = "emotion_llama_audio"  # HuBERT + feats_llama_proj1/2/3
+
+PIXEL_VALUES = "pixel_values"  # float32 [batch, 3, 448, 448], CLIP-normalised RGB
+IMAGE_TOKENS = "image_tokens"  # float32 [batch, 256, llm hidden]
+CLS_TOKEN = "cls_token"  # float32 [batch, 1, llm hidden]
+AUDIO_INPUT_VALUES = "input_values"  # float32 [batch, samples], raw 16 kHz mono PCM (normalised in-graph)
+FEATURE_TOKENS = "feature_tokens"  # float32 [batch, 3, llm hidden]: FaceMAE (zeros), VideoMAE (zeros), HuBERT

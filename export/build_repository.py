@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_REPOSITORY = PROJECT_ROOT / "model_repository"
-PYTHON_MODELS = (A2E_NETWORK_MODEL, A2E_STREAM_MODEL, A2E_OFFLINE_MODEL)
+A2E_PYTHON_MODELS = (A2E_NETWORK_MODEL, A2E_STREAM_MODEL, A2E_OFFLINE_MODEL)
+SLICES = ("lam_a2e", "emotion_llama")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,19 @@ class BuildSettings:
     stream_idle_timeout_s: float = 600.0
     offline_instances: int = 2
     max_audio_seconds: float = 600.0
+    # which slices go into the repository
+    slices: tuple[str, ...] = ("lam_a2e", "emotion_llama")
+    # Emotion-LLaMA
+    llm: str = "smollm2"
+    encoder_profile: str = "small"
+    llama2_folder: Path | None = None
+    emotion_llama_checkpoint: Path | None = None
+    llm_max_batch: int = 8
+    llm_queue_delay_us: int = 20000
+    max_new_tokens_limit: int = 1024
+    max_prompt_chars: int = 2000
+    pipeline_instances: int = 4
+    max_video_bytes: int = 512 * 1024 * 1024
 
     def weights_description(self) -> str:
         if self.checkpoint is not None:
@@ -171,10 +185,16 @@ def offline_config(settings: BuildSettings) -> str:
     ])
 
 
-def _copy_python_sources(out: Path) -> None:
+def slice_models(slice_name: str) -> tuple[str, ...]:
+    from export.emotion_llama_repository import EMOTION_LLAMA_MODELS
+
+    return {"lam_a2e": A2E_PYTHON_MODELS, "emotion_llama": EMOTION_LLAMA_MODELS}[slice_name]
+
+
+def _copy_python_sources(out: Path, models: tuple[str, ...]) -> None:
     if out.resolve() == SOURCE_REPOSITORY.resolve():
         return
-    for model in PYTHON_MODELS:
+    for model in models:
         source = SOURCE_REPOSITORY / model / "1" / "model.py"
         target = out / model / "1" / "model.py"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -196,10 +216,7 @@ def _export_network(settings: BuildSettings, version_dir: Path) -> Path:
     return onnx_path
 
 
-def build_repository(out: Path, settings: BuildSettings) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _copy_python_sources(out)
+def _build_a2e(out: Path, settings: BuildSettings) -> dict[str, str]:
     version_dir = out / A2E_NETWORK_MODEL / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = _export_network(settings, version_dir)
@@ -210,44 +227,76 @@ def build_repository(out: Path, settings: BuildSettings) -> Path:
             from export.tensorrt import build_a2e_plan
 
             build_a2e_plan(onnx_path, version_dir / "model.plan", max_batch=settings.network_max_batch)
-    configs = {
+    return {
         A2E_NETWORK_MODEL: network_config(settings),
         A2E_STREAM_MODEL: stream_config(settings),
         A2E_OFFLINE_MODEL: offline_config(settings),
     }
+
+
+def build_repository(out: Path, settings: BuildSettings) -> Path:
+    out = Path(out)
+    unknown = set(settings.slices) - set(SLICES)
+    if unknown or not settings.slices:
+        raise ValueError(f"slices must be a non-empty subset of {SLICES}, got {settings.slices}")
+    out.mkdir(parents=True, exist_ok=True)
+    configs: dict[str, str] = {}
+    for slice_name in settings.slices:
+        _copy_python_sources(out, slice_models(slice_name))
+        if slice_name == "lam_a2e":
+            configs.update(_build_a2e(out, settings))
+        else:
+            from export.emotion_llama_repository import build_emotion_llama
+
+            configs.update(build_emotion_llama(out, settings))
     for model, text in configs.items():
         (out / model / "config.pbtxt").write_text(text)
     manifest = {
         "target": settings.target,
-        "profile": settings.profile,
-        "seed": settings.seed,
-        "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
-        "weights": settings.weights_description(),
-        "tensorrt": settings.tensorrt,
+        "slices": list(settings.slices),
+        "models": sorted(configs),
+        "lam_a2e": {"profile": settings.profile, "seed": settings.seed, "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
+                    "weights": settings.weights_description(), "tensorrt": settings.tensorrt},
     }
+    if "emotion_llama" in settings.slices:
+        from export.emotion_llama_repository import describe_weights
+
+        manifest["emotion_llama"] = {"llm": settings.llm, "encoder_profile": settings.encoder_profile, "weights": describe_weights(settings)["all"]}
     (out / "weights.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info("model repository ready at %s (%s)", out, settings.weights_description())
+    log.info("model repository ready at %s (%s)", out, ", ".join(sorted(configs)))
     return out
 
 
-def repository_is_built(out: Path) -> bool:
+def repository_is_built(out: Path, slices: tuple[str, ...] = SLICES) -> bool:
     out = Path(out)
-    return (out / "weights.json").is_file() and all((out / model / "config.pbtxt").is_file() for model in PYTHON_MODELS)
+    if not (out / "weights.json").is_file():
+        return False
+    models = [model for slice_name in slices for model in slice_models(slice_name)]
+    return all((out / model / "config.pbtxt").is_file() for model in models)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=SOURCE_REPOSITORY)
     parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--profile", choices=("full", "tiny"), default="full")
+    parser.add_argument("--slices", default=",".join(SLICES), help=f"comma-separated subset of {','.join(SLICES)}")
+    parser.add_argument("--profile", choices=("full", "tiny"), default="full", help="LAM-A2E network size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weight", type=Path, default=None, help="official LAM-A2E checkpoint (.tar/.pth with state_dict)")
     parser.add_argument("--tensorrt", action="store_true", help="gpu target: also build a TensorRT plan (needs a GPU)")
+    parser.add_argument("--llm", choices=("smollm2", "tiny", "llama2"), default="smollm2", help="Emotion-LLaMA's language model")
+    parser.add_argument("--encoder-profile", choices=("full", "small", "tiny"), default="small", help="Emotion-LLaMA encoder size")
+    parser.add_argument("--llama2", type=Path, default=None, help="HF Llama-2-7b-chat folder (with --llm llama2)")
+    parser.add_argument("--emotion-llama-checkpoint", type=Path, default=None, help="Emotion-LLaMA checkpoint (ckpt['model'])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.tensorrt and args.target != "gpu":
         parser.error("--tensorrt needs --target gpu")
-    settings = BuildSettings(target=args.target, profile=args.profile, seed=args.seed, checkpoint=args.weight, tensorrt=args.tensorrt)
+    settings = BuildSettings(
+        target=args.target, profile=args.profile, seed=args.seed, checkpoint=args.weight, tensorrt=args.tensorrt,
+        slices=tuple(s for s in args.slices.split(",") if s), llm=args.llm, encoder_profile=args.encoder_profile,
+        llama2_folder=args.llama2, emotion_llama_checkpoint=args.emotion_llama_checkpoint,
+    )
     build_repository(args.out, settings)
     return 0
 

@@ -15,16 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.spec import A2ENetworkSpec, BaseNetworkSpec
+from export.spec import A2E_EXPORT_SAMPLE_SHAPE, BaseNetworkSpec
 
 __all__ = ["export_onnx", "validate_onnx", "export_fingerprint", "EXPORT_SAMPLE_SHAPE"]
 
 _LOG = logging.getLogger(__name__)
 
-# Trace shape: batch 2 (so batch is never specialised to 1) and a sample count whose
-# frame count (ceil(20000 * 30 / 16000) = 38) is not an exact division, exercising the
-# ceil in the graph.  Validation should use other shapes.
-EXPORT_SAMPLE_SHAPE: tuple[int, int] = (2, 20000)
+# A2E trace shape (kept under its historical name): batch 2 (so batch is never specialised to 1)
+# and a sample count whose frame count (ceil(20000 * 30 / 16000) = 38) is not an exact division,
+# exercising the ceil in the graph.  Each spec names its own trace shape
+# (``spec.get_export_sample_shape()``); validation should use other shapes.
+EXPORT_SAMPLE_SHAPE: tuple[int, int] = A2E_EXPORT_SAMPLE_SHAPE
 _EXPORTER_VERSION = 1
 
 
@@ -47,7 +48,7 @@ def export_fingerprint(network: nn.Module, spec: BaseNetworkSpec, opset: int) ->
         "provenance": prov,
         "spec": spec.describe(),
         "opset": int(opset),
-        "sample_shape": list(EXPORT_SAMPLE_SHAPE),
+        "sample_shape": list(spec.get_export_sample_shape()),
     }
 
 
@@ -93,7 +94,7 @@ def export_onnx(
     tmp_path = out_path.with_name(out_path.name + ".tmp")
     was_training = network.training
     network.eval()
-    sample = spec.get_sample_input(*EXPORT_SAMPLE_SHAPE)
+    sample = spec.get_sample_input(*spec.get_export_sample_shape())
     t0 = time.perf_counter()
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -152,15 +153,18 @@ def validate_onnx(
     network: nn.Module,
     onnx_path: Path,
     spec: BaseNetworkSpec,
-    shapes: Sequence[tuple[int, int]],
+    shapes: Sequence[tuple[int, ...]],
     atol: float = 1e-4,
     *,
     seed: int = 0,
 ) -> float:
-    """Compare onnxruntime (CPU) with PyTorch on random inputs of each (batch, samples) shape.
+    """Compare onnxruntime (CPU) with PyTorch on random inputs of each shape.
 
-    Returns the max abs difference over all shapes; raises ``AssertionError`` if any output
-    shape differs or the difference exceeds ``atol``.
+    A shape is the positional arguments of ``spec.get_sample_input`` (``(batch, samples)`` for
+    audio networks, ``(batch,)`` for the vision encoder).  Every output is compared.  Returns the
+    max abs difference over all shapes and outputs; raises ``AssertionError`` if any output shape
+    differs (from PyTorch, or from ``spec.get_output_shapes`` where the spec knows them) or the
+    difference exceeds ``atol``.
     """
     import onnxruntime as ort
 
@@ -168,23 +172,30 @@ def validate_onnx(
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = spec.get_input_names()
+    out_names = spec.get_output_names()
     was_training = network.training
     network.eval()
     worst = 0.0
     try:
-        for i, (batch, samples) in enumerate(shapes):
-            inputs = spec.get_sample_input(batch, samples, seed=seed + i)
+        for i, shape in enumerate(shapes):
+            shape = tuple(shape)
+            inputs = spec.get_sample_input(*shape, seed=seed + i)
             with torch.no_grad():
-                ref = network(*inputs).cpu().numpy()
-            (got,) = sess.run(spec.get_output_names(), {n: t.cpu().numpy() for n, t in zip(names, inputs)})
-            if isinstance(spec, A2ENetworkSpec):
-                expected_shape = spec.get_output_shape(batch, samples)
-                assert ref.shape == expected_shape, f"torch output {ref.shape} != {expected_shape}"
-            assert got.shape == ref.shape, f"shape ({batch}, {samples}): onnx {got.shape} != torch {ref.shape}"
-            diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
-            _LOG.info("onnx parity (%d, %d): max abs diff %.3g", batch, samples, diff)
-            assert diff <= atol, f"shape ({batch}, {samples}): max abs diff {diff:.3g} > atol {atol:g}"
-            worst = max(worst, diff)
+                out = network(*inputs)
+            refs = [t.cpu().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+            gots = sess.run(out_names, {n: t.cpu().numpy() for n, t in zip(names, inputs)})
+            assert len(refs) == len(gots) == len(out_names), f"shape {shape}: output count mismatch"
+            expected_shapes = spec.get_output_shapes(*shape)
+            for j, (name, ref, got) in enumerate(zip(out_names, refs, gots)):
+                if expected_shapes is not None:
+                    assert ref.shape == tuple(expected_shapes[j]), (
+                        f"{name}: torch output {ref.shape} != {tuple(expected_shapes[j])}"
+                    )
+                assert got.shape == ref.shape, f"shape {shape} {name}: onnx {got.shape} != torch {ref.shape}"
+                diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+                _LOG.info("onnx parity %s %s: max abs diff %.3g", shape, name, diff)
+                assert diff <= atol, f"shape {shape} {name}: max abs diff {diff:.3g} > atol {atol:g}"
+                worst = max(worst, diff)
     finally:
         network.train(was_training)
     return worst

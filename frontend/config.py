@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMOSERVE_", extra="ignore")
@@ -21,6 +23,14 @@ class Settings(BaseSettings):
     session_idle_timeout_s: float = Field(300.0, gt=0, description="a session with no chunk for this long is closed")
     session_sweep_interval_s: float = Field(5.0, gt=0)
     api_key: str | None = Field(None, description="when set, /api routes need header X-API-Key or Bearer token")
+    # Emotion-LLaMA
+    media_roots: list[Path] = Field(
+        default_factory=lambda: [PROJECT_ROOT / "examples"],
+        description="server-side video paths are accepted only inside these folders (JSON list in the environment)",
+    )
+    max_video_bytes: int = Field(200 * 1024 * 1024, gt=0, description="video file / upload limit (413 above)")
+    max_prompt_chars: int = Field(2000, gt=0)
+    generation_timeout_s: float = Field(600.0, gt=0, description="a whole Emotion-LLaMA answer")
     log_level: str = "info"
 
 

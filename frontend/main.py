@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from frontend.config import Settings
 from frontend.errors import install_error_handlers
-from frontend.routers import lam_a2e
+from frontend.routers import emotion_llama, lam_a2e
 from frontend.sessions import SessionRegistry, StreamSession
 from frontend.triton import TritonEngine
 
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Emotion-AI serving stack",
-        description="LAM-A2E (audio → ARKit blendshapes) served by NVIDIA Triton Inference Server.",
+        description="LAM-A2E (audio → ARKit blendshapes) and Emotion-LLaMA (video + prompt → text) served by NVIDIA Triton Inference Server.",
         version=lam_a2e.SERVICE_VERSION,
         lifespan=lifespan,
     )
@@ -60,11 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):
         declared = request.headers.get("content-length")
-        limit = max(settings.max_upload_bytes, settings.max_chunk_bytes) + _MULTIPART_OVERHEAD_BYTES
+        limit = max(settings.max_upload_bytes, settings.max_chunk_bytes, settings.max_video_bytes) + _MULTIPART_OVERHEAD_BYTES
         if declared and declared.isdigit() and int(declared) > limit:
             return JSONResponse({"detail": f"request body of {declared} bytes exceeds the {limit} byte limit"}, status_code=413)
         return await call_next(request)
 
     app.include_router(lam_a2e.router)
     app.include_router(lam_a2e.protected)
+    app.include_router(emotion_llama.router)
     return app

@@ -5,6 +5,7 @@ Triton's own errors are mapped to the API's typed errors here, and nowhere else.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -13,6 +14,17 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from emoserve.model_catalog import (
+    EMOTION_PIPELINE_MODEL,
+    MAX_NEW_TOKENS,
+    PROMPT,
+    REPETITION_PENALTY,
+    RESULT_METADATA,
+    TEMPERATURE,
+    TEXT,
+    TEXT_DELTA,
+    TOKEN_IDS,
+    TOP_P,
+    VIDEO,
     A2E_MODELS,
     A2E_NETWORK_MODEL,
     A2E_OFFLINE_MODEL,
@@ -33,6 +45,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class GenerationEvent:
+    """One piece of a streamed answer: ``delta`` text, or the final answer with its metadata."""
+
+    delta: str | None = None
+    text: str | None = None
+    token_ids: list[int] | None = None
+    metadata: dict | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.text is not None
+
+
+@dataclass
 class StreamChunkOutput:
     frames: np.ndarray
     first_frame_index: int
@@ -41,7 +67,8 @@ class StreamChunkOutput:
 
 def _tensor(name: str, value: np.ndarray, batched: bool) -> grpcclient.InferInput:
     array = value[None] if batched else value
-    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32", np.dtype(np.bool_): "BOOL", np.dtype(np.uint64): "UINT64"}[array.dtype]
+    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32", np.dtype(np.bool_): "BOOL", np.dtype(np.uint64): "UINT64",
+                np.dtype(np.object_): "BYTES"}[array.dtype]
     tensor = grpcclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
     return tensor
@@ -62,6 +89,8 @@ def _a2e_inputs(audio: np.ndarray, id_idx: int, movement_smooth: bool, brow_move
 def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
     status = (exc.status() or "").upper()
     message = exc.message() or str(exc)
+    if "CANCELLED" in status:
+        return ServiceUnavailable(f"{what} was cancelled ({message})")
     if "INTERNAL" in status:  # a model ran and failed (its message may quote a dependency's error)
         return InferenceFailed(f"{what} failed: {message}")
     if "unknown model" in message or "is not ready" in message:
@@ -155,3 +184,43 @@ class TritonEngine:
             first_frame_index=int(result.as_numpy(FIRST_FRAME_INDEX).reshape(-1)[0]),
             chunk_index=int(result.as_numpy(CHUNK_INDEX).reshape(-1)[0]),
         )
+
+    async def stream_emotion_llama(self, video: bytes, prompt: str, sampling: dict[str, float | int | None], timeout_s: float):
+        """Async iterator of :class:`GenerationEvent` from the ``emotion_llama`` pipeline (gRPC stream).
+
+        Leaving the iteration early (a client that went away) cancels the gRPC call, which Triton passes
+        on to the pipeline as a cancelled request.
+        """
+        inputs = [
+            _tensor(VIDEO, np.array([video], dtype=np.object_), batched=False),
+            _tensor(PROMPT, np.array([prompt.encode("utf-8")], dtype=np.object_), batched=False),
+        ]
+        kinds = {TEMPERATURE: np.float32, TOP_P: np.float32, REPETITION_PENALTY: np.float32, MAX_NEW_TOKENS: np.int32, SEED: np.uint64}
+        for name, value in sampling.items():
+            if value is not None:
+                inputs.append(_tensor(name, np.array([value], dtype=kinds[name]), batched=False))
+
+        async def requests():
+            yield {"model_name": EMOTION_PIPELINE_MODEL, "inputs": inputs,
+                   "outputs": [grpcclient.InferRequestedOutput(n) for n in (TEXT_DELTA, TEXT, TOKEN_IDS, RESULT_METADATA)]}
+
+        stream = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    raise map_triton_error(error, "Emotion-LLaMA")
+                delta = result.as_numpy(TEXT_DELTA)
+                if delta is not None:
+                    yield GenerationEvent(delta=delta.reshape(-1)[0].decode("utf-8"))
+                    continue
+                text = result.as_numpy(TEXT)
+                if text is not None:
+                    metadata = json.loads(result.as_numpy(RESULT_METADATA).reshape(-1)[0])
+                    token_ids = [int(t) for t in result.as_numpy(TOKEN_IDS).reshape(-1)]
+                    yield GenerationEvent(text=text.reshape(-1)[0].decode("utf-8"), token_ids=token_ids, metadata=metadata)
+                    return
+            raise InferenceFailed("Emotion-LLaMA: the stream ended without an answer")
+        except InferenceServerException as exc:
+            raise map_triton_error(exc, "Emotion-LLaMA") from None
+        finally:
+            stream.cancel()

@@ -6,6 +6,7 @@ the front end over HTTP on loopback.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -36,7 +37,7 @@ def tiny_repository(tmp_path_factory) -> Path:
     from export.build_repository import BuildSettings, build_repository
 
     out = tmp_path_factory.mktemp("model_repository")
-    build_repository(out, BuildSettings(profile="tiny", seed=0))
+    build_repository(out, BuildSettings(profile="tiny", seed=0, llm="tiny", encoder_profile="tiny"))
     return out
 
 
@@ -53,8 +54,18 @@ def triton_server(tiny_repository):
 
 
 @pytest.fixture(scope="session")
-def frontend(triton_server):
-    process = FrontendProcess(triton_server.grpc_url, {"EMOSERVE_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024)}).start()
+def media_root(tmp_path_factory) -> Path:
+    """A second media root for the front end, where tests put the files they make."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def frontend(triton_server, media_root):
+    env = {
+        "EMOSERVE_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
+        "EMOSERVE_MEDIA_ROOTS": json.dumps([str(EXAMPLES), str(media_root)]),
+    }
+    process = FrontendProcess(triton_server.grpc_url, env).start()
     yield process
     process.stop()
 

@@ -36,6 +36,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoserve.constants import FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
+from emoserve.nn.wav2vec2 import (  # noqa: F401  (re-exported: historical import location)
+    Wav2Vec2Attention,
+    Wav2Vec2Config,
+    Wav2Vec2Encoder,
+    Wav2Vec2EncoderLayer,
+    Wav2Vec2FeatureEncoder,
+    Wav2Vec2FeatureProjection,
+    Wav2Vec2FeedForward,
+    Wav2Vec2PositionalConvEmbedding,
+    conv_min_input_samples,
+    conv_output_length,
+    remap_legacy_weight_norm,
+)
 
 __all__ = [
     "A2EProfile",
@@ -103,6 +116,25 @@ class A2EProfile:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def wav2vec2_config(self) -> Wav2Vec2Config:
+        """The wav2vec2-base encoder part (group-norm conv extractor, post-LN encoder)."""
+        return Wav2Vec2Config(
+            conv_dim=self.conv_dim,
+            conv_kernel=self.conv_kernel,
+            conv_stride=self.conv_stride,
+            conv_bias=self.conv_bias,
+            feat_extract_norm="group",
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            num_conv_pos_embeddings=self.num_conv_pos_embeddings,
+            num_conv_pos_embedding_groups=self.num_conv_pos_embedding_groups,
+            layer_norm_eps=self.layer_norm_eps,
+            do_stable_layer_norm=False,
+            masked_spec_embed=self.masked_spec_embed,
+        )
+
 
 PROFILES: dict[str, A2EProfile] = {
     "full": A2EProfile(name="full"),
@@ -136,180 +168,18 @@ def _get_profile(profile: str | A2EProfile) -> A2EProfile:
 
 def feature_extractor_output_length(num_samples: int, profile: str | A2EProfile = "full") -> int:
     """Number of wav2vec2 conv-feature frames (~50 Hz) produced for ``num_samples`` samples."""
-    prof = _get_profile(profile)
-    length = int(num_samples)
-    for k, s in zip(prof.conv_kernel, prof.conv_stride):
-        length = (length - k) // s + 1
-    return max(length, 0)
+    return conv_output_length(num_samples, _get_profile(profile).wav2vec2_config())
 
 
 def min_input_samples(profile: str | A2EProfile = "full") -> int:
     """Smallest input length that yields at least one conv feature frame (400 for wav2vec2)."""
-    prof = _get_profile(profile)
-    length = 1
-    for k, s in reversed(list(zip(prof.conv_kernel, prof.conv_stride))):
-        length = (length - 1) * s + k
-    return length
+    return conv_min_input_samples(_get_profile(profile).wav2vec2_config())
 
 
 # --------------------------------------------------------------------------- wav2vec2 pieces
-# Names follow transformers' modeling_wav2vec2 (v4.36) so that keys such as
+# The generic wav2vec2 blocks live in :mod:`emoserve.nn.wav2vec2` (shared with Emotion-LLaMA's
+# HuBERT); names follow transformers' modeling_wav2vec2 (v4.36) so that keys such as
 # ``audio_encoder.encoder.layers.0.attention.q_proj.weight`` match upstream checkpoints.
-
-
-class _GroupNormConvLayer(nn.Module):
-    """First feature-extractor layer: Conv1d -> GroupNorm(C groups) -> GELU."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, bias: bool) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(in_ch, out_ch, kernel_size=kernel, stride=stride, bias=bias)
-        self.layer_norm = nn.GroupNorm(num_groups=out_ch, num_channels=out_ch, affine=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.layer_norm(self.conv(x)))
-
-
-class _NoLayerNormConvLayer(nn.Module):
-    """Remaining feature-extractor layers: Conv1d -> GELU."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, bias: bool) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(in_ch, out_ch, kernel_size=kernel, stride=stride, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.conv(x))
-
-
-class Wav2Vec2FeatureEncoder(nn.Module):
-    """Raw audio [B, S] -> conv features [B, C, L] (~50 Hz for 16 kHz audio)."""
-
-    def __init__(self, p: A2EProfile) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_ch = 1
-        for i, (out_ch, k, s) in enumerate(zip(p.conv_dim, p.conv_kernel, p.conv_stride)):
-            cls = _GroupNormConvLayer if i == 0 else _NoLayerNormConvLayer
-            layers.append(cls(in_ch, out_ch, k, s, p.conv_bias))
-            in_ch = out_ch
-        self.conv_layers = nn.ModuleList(layers)
-
-    def forward(self, input_values: Tensor) -> Tensor:
-        x = input_values.unsqueeze(1)
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x
-
-
-class Wav2Vec2FeatureProjection(nn.Module):
-    """LayerNorm(conv_dim) -> Linear(conv_dim -> hidden_size) (-> dropout, a no-op in eval)."""
-
-    def __init__(self, p: A2EProfile) -> None:
-        super().__init__()
-        self.layer_norm = nn.LayerNorm(p.conv_dim[-1], eps=p.layer_norm_eps)
-        self.projection = nn.Linear(p.conv_dim[-1], p.hidden_size)
-        self.dropout = nn.Dropout(0.1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.projection(self.layer_norm(x)))
-
-
-class Wav2Vec2PositionalConvEmbedding(nn.Module):
-    """Grouped Conv1d with weight norm (dim=2), 'same' padding trim, GELU.
-
-    Weight norm uses ``torch.nn.utils.parametrizations.weight_norm`` like transformers
-    >= 4.3x with torch >= 2.1 (upstream pins transformers 4.36.2 / torch 2.1.2), giving keys
-    ``conv.parametrizations.weight.original0`` (g) / ``original1`` (v).  Legacy
-    ``conv.weight_g`` / ``conv.weight_v`` keys are remapped by the checkpoint loader.
-    """
-
-    def __init__(self, p: A2EProfile) -> None:
-        super().__init__()
-        k = p.num_conv_pos_embeddings
-        conv = nn.Conv1d(
-            p.hidden_size,
-            p.hidden_size,
-            kernel_size=k,
-            padding=k // 2,
-            groups=p.num_conv_pos_embedding_groups,
-        )
-        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
-        self._trim = 1 if k % 2 == 0 else 0  # Wav2Vec2SamePadLayer
-
-    def forward(self, x: Tensor) -> Tensor:  # x: [B, T, H]
-        y = self.conv(x.transpose(1, 2))
-        if self._trim:
-            y = y[:, :, : -self._trim]
-        return F.gelu(y).transpose(1, 2)
-
-
-class Wav2Vec2Attention(nn.Module):
-    """Multi-head self-attention (eager HF formulation: q is scaled before q @ k^T)."""
-
-    def __init__(self, embed_dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.scaling = self.head_dim**-0.5
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-
-    def _heads(self, x: Tensor) -> Tensor:  # [B, T, E] -> [B, H, T, D]
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q = self._heads(self.q_proj(x) * self.scaling)
-        k = self._heads(self.k_proj(x))
-        v = self._heads(self.v_proj(x))
-        attn = torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1)
-        out = torch.matmul(attn, v).transpose(1, 2).flatten(2)
-        return self.out_proj(out)
-
-
-class Wav2Vec2FeedForward(nn.Module):
-    def __init__(self, p: A2EProfile) -> None:
-        super().__init__()
-        self.intermediate_dropout = nn.Dropout(0.1)
-        self.intermediate_dense = nn.Linear(p.hidden_size, p.intermediate_size)
-        self.output_dense = nn.Linear(p.intermediate_size, p.hidden_size)
-        self.output_dropout = nn.Dropout(0.1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
-        return self.output_dropout(self.output_dense(x))
-
-
-class Wav2Vec2EncoderLayer(nn.Module):
-    """Post-LN transformer layer (wav2vec2-base, ``do_stable_layer_norm=False``)."""
-
-    def __init__(self, p: A2EProfile) -> None:
-        super().__init__()
-        self.attention = Wav2Vec2Attention(p.hidden_size, p.num_attention_heads)
-        self.dropout = nn.Dropout(0.1)
-        self.layer_norm = nn.LayerNorm(p.hidden_size, eps=p.layer_norm_eps)
-        self.feed_forward = Wav2Vec2FeedForward(p)
-        self.final_layer_norm = nn.LayerNorm(p.hidden_size, eps=p.layer_norm_eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.layer_norm(x + self.dropout(self.attention(x)))
-        return self.final_layer_norm(x + self.feed_forward(x))
-
-
-class Wav2Vec2Encoder(nn.Module):
-    def __init__(self, p: A2EProfile) -> None:
-        super().__init__()
-        self.pos_conv_embed = Wav2Vec2PositionalConvEmbedding(p)
-        self.layer_norm = nn.LayerNorm(p.hidden_size, eps=p.layer_norm_eps)
-        self.dropout = nn.Dropout(0.1)
-        self.layers = nn.ModuleList(Wav2Vec2EncoderLayer(p) for _ in range(p.num_hidden_layers))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 class Wav2Vec2AudioEncoder(nn.Module):
@@ -321,12 +191,13 @@ class Wav2Vec2AudioEncoder(nn.Module):
 
     def __init__(self, p: A2EProfile) -> None:
         super().__init__()
-        self.feature_extractor = Wav2Vec2FeatureEncoder(p)
-        self.feature_projection = Wav2Vec2FeatureProjection(p)
-        if p.masked_spec_embed:
+        cfg = p.wav2vec2_config()
+        self.feature_extractor = Wav2Vec2FeatureEncoder(cfg)
+        self.feature_projection = Wav2Vec2FeatureProjection(cfg)
+        if cfg.masked_spec_embed:
             # Only used for SpecAugment during training; kept for state_dict compatibility.
-            self.masked_spec_embed = nn.Parameter(torch.empty(p.hidden_size).uniform_())
-        self.encoder = Wav2Vec2Encoder(p)
+            self.masked_spec_embed = nn.Parameter(torch.empty(cfg.hidden_size).uniform_())
+        self.encoder = Wav2Vec2Encoder(cfg)
         self.lm_head = nn.Linear(p.lm_head_in, p.lm_head_out)  # unused upstream as well
 
     def forward(self, input_values: Tensor, frame_num: Tensor | int) -> Tensor:
@@ -525,12 +396,6 @@ def _calibrate_demo_output(net: "LamA2ENetwork") -> None:
     layer.bias.copy_(((layer.bias.to(torch.float64) - mean) * gain + _DEMO_OUTPUT_MEAN).to(layer.bias.dtype))
 
 
-_WEIGHT_NORM_LEGACY = {
-    ".weight_g": ".parametrizations.weight.original0",
-    ".weight_v": ".parametrizations.weight.original1",
-}
-
-
 def _normalise_keys(state_dict: Mapping[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
@@ -543,15 +408,7 @@ def _normalise_keys(state_dict: Mapping[str, Tensor], expected: set[str]) -> dic
     ):
         out = {"backbone." + k: v for k, v in out.items()}
     # Old-style torch.nn.utils.weight_norm names for the positional conv.
-    fixed: dict[str, Tensor] = {}
-    for key, value in out.items():
-        if key not in expected:
-            for old, new in _WEIGHT_NORM_LEGACY.items():
-                if key.endswith(old) and key[: -len(old)] + new in expected:
-                    key = key[: -len(old)] + new
-                    break
-        fixed[key] = value
-    return fixed
+    return remap_legacy_weight_norm(out, expected)
 
 
 def _sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -24,7 +24,7 @@ def explicit_triton(tmp_path_factory):
     from export.build_repository import BuildSettings, build_repository
 
     # Triton's own sequence idle timeout is short here; the front end's stays at its 300 s default
-    repository = build_repository(tmp_path_factory.mktemp("short_idle_repository"), BuildSettings(profile="tiny", stream_idle_timeout_s=TRITON_IDLE_TIMEOUT_S))
+    repository = build_repository(tmp_path_factory.mktemp("short_idle_repository"), BuildSettings(profile="tiny", slices=("lam_a2e",), stream_idle_timeout_s=TRITON_IDLE_TIMEOUT_S))
     options = TritonServerOptions(
         repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
         extra_args=["--model-control-mode=explicit", "--load-model=*"],

@@ -92,7 +92,7 @@ def test_generated_configs_are_valid_model_configs(target, tensorrt):
 def test_gpu_target_repository_drops_the_python_network_adapter(tmp_path):
     from export.build_repository import build_repository
 
-    build_repository(tmp_path, BuildSettings(target="gpu", profile="tiny"))
+    build_repository(tmp_path, BuildSettings(target="gpu", profile="tiny", slices=("lam_a2e",)))
     assert not (tmp_path / A2E_NETWORK_MODEL / "1" / "model.py").exists()
     assert (tmp_path / A2E_NETWORK_MODEL / "1" / "model.onnx").is_file()
     for model in (A2E_STREAM_MODEL, A2E_OFFLINE_MODEL):

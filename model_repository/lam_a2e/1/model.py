@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from emoserve.a2e.onnx_runner import A2EOnnxRunner
+from emoserve.onnx_runner import OnnxRunner
 from emoserve.constants import NUM_IDENTITIES
 from emoserve.model_catalog import NETWORK_AUDIO, NETWORK_BLENDSHAPES, NETWORK_IDENTITY
 from emoserve.triton_backend import error_response, load_model_config, model_parameters, typed_parameter
@@ -23,29 +23,26 @@ class TritonPythonModel:
         onnx_path = Path(args["model_repository"]) / args["model_version"] / typed_parameter(parameters, "onnx_file", str, "model.onnx")
         if not onnx_path.is_file():
             raise pb_utils.TritonModelException(f"{onnx_path} is missing: build the repository with `make repo`")
-        self.runner = A2EOnnxRunner(onnx_path, typed_parameter(parameters, "intra_op_threads", int, 0))
+        self.runner = OnnxRunner(onnx_path, typed_parameter(parameters, "intra_op_threads", int, 0))
         self.logger = pb_utils.Logger
 
     def execute(self, requests):
-        items, bad = [], {}
+        feeds, errors = [], {}
         for index, request in enumerate(requests):
             audio = pb_utils.get_input_tensor_by_name(request, NETWORK_AUDIO).as_numpy()
             ids = pb_utils.get_input_tensor_by_name(request, NETWORK_IDENTITY).as_numpy().reshape(-1)
             if audio.ndim != 2 or audio.shape[1] == 0 or ids.shape[0] != audio.shape[0]:
-                bad[index] = f"expected {NETWORK_AUDIO} [batch, samples>0] and {NETWORK_IDENTITY} [batch], got {audio.shape} and {ids.shape}"
-                items.append(None)
+                errors[index] = f"expected {NETWORK_AUDIO} [batch, samples>0] and {NETWORK_IDENTITY} [batch], got {audio.shape} and {ids.shape}"
             elif ((ids < 0) | (ids >= NUM_IDENTITIES)).any():
-                bad[index] = f"{NETWORK_IDENTITY} must be in 0..{NUM_IDENTITIES - 1}, got {ids.tolist()}"
-                items.append(None)
+                errors[index] = f"{NETWORK_IDENTITY} must be in 0..{NUM_IDENTITIES - 1}, got {ids.tolist()}"
             else:
-                items.append((audio, ids))
-        runnable = [item for item in items if item is not None]
-        outputs = iter(self.runner.run_grouped(runnable)) if runnable else iter(())
+                feeds.append({NETWORK_AUDIO: audio, NETWORK_IDENTITY: ids.astype(np.int64)})
+        outputs = iter(self.runner.run_grouped(feeds))
         responses = []
-        for index, item in enumerate(items):
-            if item is None:
-                responses.append(error_response(pb_utils, bad[index]))
+        for index in range(len(requests)):
+            if index in errors:
+                responses.append(error_response(pb_utils, errors[index]))
                 continue
-            tensor = pb_utils.Tensor(NETWORK_BLENDSHAPES, next(outputs).astype(np.float32))
+            tensor = pb_utils.Tensor(NETWORK_BLENDSHAPES, next(outputs)[NETWORK_BLENDSHAPES].astype(np.float32))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses

