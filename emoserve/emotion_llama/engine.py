@@ -68,8 +68,10 @@ def _label_prefix_text(answer: str) -> str | None:
 
 
 class EmotionLlamaEngine:
-    def __init__(self, folder: str | Path, max_question_chars: int = 2000):
+    def __init__(self, folder: str | Path, max_question_chars: int = 2000, device: str = "cpu"):
         self.model, self.tokenizer, self.family = load_llm(folder)
+        self.model.to(device)
+        self.device = device
         self.hidden_size = int(self.model.config.hidden_size)
         self.max_question_chars = max_question_chars
 

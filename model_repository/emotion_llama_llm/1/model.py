@@ -47,10 +47,12 @@ class TritonPythonModel:
         parameters = model_parameters(config)
         folder = Path(args["model_repository"]) / args["model_version"] / typed_parameter(parameters, "llm_folder", str, "llm")
         self.max_new_tokens_limit = typed_parameter(parameters, "max_new_tokens_limit", int, 1024)
-        self.engine = EmotionLlamaEngine(folder, typed_parameter(parameters, "max_prompt_chars", int, 2000))
+        # a KIND_GPU instance (the gpu target) runs on its own GPU; KIND_CPU on the CPU
+        device = f"cuda:{args['model_instance_device_id']}" if args.get("model_instance_kind") == "GPU" else "cpu"
+        self.engine = EmotionLlamaEngine(folder, typed_parameter(parameters, "max_prompt_chars", int, 2000), device=device)
         self.weights = parameters.get(WEIGHTS_PARAMETER, "unknown")
         self.logger = pb_utils.Logger
-        self.logger.log_info(f"emotion_llama_llm: {self.weights} (hidden {self.engine.hidden_size}, family {self.engine.family})")
+        self.logger.log_info(f"emotion_llama_llm: {self.weights} (hidden {self.engine.hidden_size}, family {self.engine.family}, {device})")
 
     def _request(self, request) -> EngineRequest:
         prompt = bytes_input(pb_utils, request, PROMPT)
