@@ -31,6 +31,7 @@ EMOTION_LLM_MODEL = "emotion_llama_llm"
 EMOTION_PIPELINE_MODEL = "emotion_llama"
 
 VIDEO = "VIDEO"  # encoded video file bytes
+VIDEO_BASE64 = "VIDEO_BASE64"  # the same, base64-encoded: for JSON-only clients such as Triton's generate endpoint
 PROMPT = "PROMPT"  # the user's prompt text (UTF-8)
 MULTIMODAL_EMBEDDINGS = "MULTIMODAL_EMBEDDINGS"  # [260, llm hidden]: 256 image, 3 feature, 1 CLS tokens
 TEMPERATURE = "TEMPERATURE"

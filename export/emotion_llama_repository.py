@@ -39,6 +39,7 @@ from emoserve.model_catalog import (
     TOKEN_IDS,
     TOP_P,
     VIDEO,
+    VIDEO_BASE64,
     WEIGHTS_PARAMETER,
 )
 
@@ -139,7 +140,8 @@ def llm_config(settings: "BuildSettings", weights: str) -> str:
 
 def pipeline_config(settings: "BuildSettings", weights: str) -> str:
     inputs = [
-        f'  {{ name: "{VIDEO}" data_type: TYPE_STRING dims: [ 1 ] }},',
+        f'  {{ name: "{VIDEO}" data_type: TYPE_STRING dims: [ 1 ] optional: true }},',
+        f'  {{ name: "{VIDEO_BASE64}" data_type: TYPE_STRING dims: [ 1 ] optional: true }},',
         f'  {{ name: "{PROMPT}" data_type: TYPE_STRING dims: [ 1 ] }},',
         *_sampling_inputs(),
     ]

@@ -265,3 +265,30 @@ def test_bad_inputs_get_clear_4xx_and_the_model_keeps_serving(api, media, media_
     _error(api.post("/process_video", json={"video_path": str(SAMPLE_VIDEO), "question": REASON, "max_new_tokens": 0}), 400, "max_new_tokens")
     ok = process(SAMPLE_VIDEO)
     assert ok.status_code == 200 and ok.json()["response"]
+
+
+def test_http_generate_stream_with_base64_video(triton_server, reference):
+    """Triton's own SSE endpoint works for JSON-only clients: the video travels base64-encoded."""
+    import base64
+
+    video = SAMPLE_VIDEO.read_bytes()
+    body = {"VIDEO_BASE64": base64.b64encode(video).decode(), "PROMPT": REASON, "MAX_NEW_TOKENS": MAX_TOKENS, "TEMPERATURE": 0.0}
+    events = []
+    with httpx.stream("POST", f"http://{triton_server.http_url}/v2/models/{EMOTION_PIPELINE_MODEL}/generate_stream", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    deltas = [e[TEXT_DELTA] for e in events if TEXT_DELTA in e]
+    final = [e for e in events if TEXT in e]
+    assert len(final) == 1 and len(deltas) >= 1
+    expected = reference(video, REASON, greedy())
+    assert "".join(deltas) == final[0][TEXT] == expected.text
+
+
+def test_pipeline_refuses_two_videos_or_bad_base64(triton_server):
+    for body, words in (
+        ({"VIDEO_BASE64": "%%% not base64 %%%", "PROMPT": REASON}, "not valid base64"),
+        ({"PROMPT": REASON}, "exactly one of"),
+    ):
+        with httpx.stream("POST", f"http://{triton_server.http_url}/v2/models/{EMOTION_PIPELINE_MODEL}/generate_stream", json=body, timeout=60) as response:
+            text = response.read().decode()
+        assert words in text

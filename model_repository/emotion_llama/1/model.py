@@ -10,6 +10,8 @@ video has none) → ``emotion_llama_vision`` (256 image tokens + CLS) and ``emot
 whose ``TEXT_DELTA`` responses are forwarded one by one; the final response adds decode/encode timings.
 """
 
+import base64
+import binascii
 import json
 import time
 
@@ -40,6 +42,7 @@ from emoserve.model_catalog import (
     TOKEN_IDS,
     TOP_P,
     VIDEO,
+    VIDEO_BASE64,
 )
 from emoserve.triton_backend import bytes_input, load_model_config, model_parameters, typed_parameter
 
@@ -93,11 +96,23 @@ class TritonPythonModel:
         info = {"has_audio_track": decoded.audio is not None, "video_seconds": decoded.duration_s}
         return multimodal.astype(np.float32), dict(timings, **info)
 
-    def _run(self, request, sender) -> None:
+    def _video(self, request) -> bytes:
         video = bytes_input(pb_utils, request, VIDEO)
-        prompt = bytes_input(pb_utils, request, PROMPT)
+        encoded = bytes_input(pb_utils, request, VIDEO_BASE64)
+        if (video is None) == (encoded is None):
+            raise PipelineError(f"send exactly one of {VIDEO} (the file's bytes) or {VIDEO_BASE64}")
+        if encoded is not None:
+            try:
+                video = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise PipelineError(f"{VIDEO_BASE64} is not valid base64") from None
         if not video:
-            raise PipelineError(f"{VIDEO} is empty: send the video file's bytes")
+            raise PipelineError("the video is empty: send the video file's bytes")
+        return video
+
+    def _run(self, request, sender) -> None:
+        video = self._video(request)
+        prompt = bytes_input(pb_utils, request, PROMPT)
         if len(video) > self.max_video_bytes:
             raise PipelineError(f"video is {len(video)} bytes; the limit is {self.max_video_bytes}")
         if prompt is None:
