@@ -168,18 +168,29 @@ def parse_task(question: str) -> str | None:
 _STRIP = string.punctuation + "\u3002\uff0c\uff01\uff1f"  # ASCII + common CJK sentence punctuation
 
 
+# Word forms a general-purpose LLM uses for the labels (Emotion-LLaMA itself answers with the bare label).
+LABEL_SYNONYMS = {
+    "happiness": "happy", "joy": "happy", "joyful": "happy", "anger": "angry", "sadness": "sad",
+    "worry": "worried", "anxious": "worried", "anxiety": "worried", "surprised": "surprise",
+    "fearful": "fear", "afraid": "fear", "scared": "fear", "contemptuous": "contempt",
+    "doubtful": "doubt", "skeptical": "doubt", "neutrality": "neutral",
+}
+
+
 def parse_emotion_label(answer: str, labels: tuple[str, ...] = EMOTION_LABELS) -> str:
     """The emotion label of an ``[emotion]`` answer: the last whitespace-separated word, lower-cased and
     stripped of surrounding punctuation; anything not in ``labels`` (or an empty answer) -> ``"neutral"``.
 
     Upstream eval_emotion.py takes ``answer.split(" ")[-1]`` without normalisation and accepts only the 6
     MER2023 labels (pass ``labels=MER2023_LABELS`` for that set); normalising case/punctuation makes
-    "Happy." count as happy instead of falling back to neutral.
+    "Happy." count as happy instead of falling back to neutral, and :data:`LABEL_SYNONYMS` maps the other
+    word forms a general LLM answers with ("... is happiness.") onto the label.
     """
     words = answer.split()
     if not words:
         return FALLBACK_LABEL
     word = words[-1].strip(_STRIP).lower()
+    word = LABEL_SYNONYMS.get(word, word)
     return word if word in labels else FALLBACK_LABEL
 
 

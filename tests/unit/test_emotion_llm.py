@@ -134,7 +134,7 @@ def test_parse_task_and_validate_question():
         ("The emotion is Happy.", "happy"),
         ("  sad!\n", "sad"),
         ("contempt", "contempt"),
-        ("The person feels joyful", "neutral"),  # unknown -> neutral
+        ("The person feels peckish", "neutral"),  # unknown -> neutral
         ("", "neutral"),
         ("happy, not sad", "sad"),  # the LAST word counts
     ],
@@ -463,3 +463,12 @@ def test_smollm2_greedy_chat(tmp_path):
     assert len(words) >= 2
     assert sum(w.strip(".,!?'\"").isascii() and w.strip(".,!?'\"").isalpha() for w in words) >= 0.7 * len(words)
     assert "paris" in result.text.lower()
+
+
+@pytest.mark.parametrize(
+    "answer, label",
+    [("The emotion expressed in this video is happiness.", "happy"), ("He is full of anger!", "angry"),
+     ("She looks afraid", "fear"), ("It shows sadness", "sad"), ("Something unrelated.", "neutral")],
+)
+def test_label_word_forms_map_onto_the_label_set(answer, label):
+    assert parse_emotion_label(answer) == label
