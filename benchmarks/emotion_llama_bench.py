@@ -1,6 +1,6 @@
 """Emotion-LLaMA serving benchmark: time to first token and tokens/s via Triton gRPC streaming and via REST.
 
-    python -m benchmarks.emotion_llama_bench                  # SmolLM2-135M + small encoders, ~3-6 min on 2 cores
+    python -m benchmarks.emotion_llama_bench                  # SmolLM2-135M + small encoders, < 8 min on 2 cores
     python -m benchmarks.emotion_llama_bench --quick          # tiny LLM + tiny encoders, few requests: < 90 s
 
 It builds (or re-uses) a model repository with only the Emotion-LLaMA slice in
@@ -95,7 +95,7 @@ FULL_PLAN = BenchPlan(
     concurrent_rounds=3,
     unary_requests=5,
     unary_rounds=2,
-    time_budget_s=330.0,
+    time_budget_s=300.0,
 )
 
 QUICK_PLAN = BenchPlan(
@@ -333,10 +333,10 @@ def add_deltas(total: dict | None, delta: dict) -> dict:
 
 
 def run_level(concurrency: int, paths: list[tuple[str, int]], factories: dict[str, Callable[[], object]], level: Budget,
-              grpc_url: str, batching: dict[str, dict] | None) -> list[PathRun]:
+              grpc_url: str, batching: dict[str, dict] | None, overall: Budget | None = None) -> list[PathRun]:
     """All paths at one concurrency, their rounds interleaved (round 0 of every path, then round 1, ...) so that
-    drift on a shared machine does not favour one path. The first round of every path always runs; later rounds
-    only while ``level`` lasts. With ``batching`` given, Triton statistics deltas around every round are summed
+    drift on a shared machine does not favour one path. The first round of every path runs while ``overall``
+    lasts; later rounds only while ``level`` lasts too. With ``batching`` given, Triton statistics deltas around every round are summed
     per path into it."""
     runs = {path: PathRun(path=path, concurrency=concurrency, planned=concurrency * rounds) for path, rounds in paths}
     workers: dict[str, list] = {}
@@ -349,8 +349,9 @@ def run_level(concurrency: int, paths: list[tuple[str, int]], factories: dict[st
                 for path, rounds in paths:
                     if index >= rounds:
                         continue
-                    if index > 0 and level.remaining() <= 0:
-                        runs[path].skipped = runs[path].skipped or f"cut after {index} of {rounds} rounds (time budget)"
+                    if (index > 0 and level.remaining() <= 0) or (overall is not None and overall.remaining() <= 0):
+                        runs[path].skipped = runs[path].skipped or (
+                            f"cut after {index} of {rounds} rounds (time budget)" if index else "not run (time budget)")
                         continue
                     run_round(runs[path], workers[path], pool)
                     if batching is not None:
@@ -416,15 +417,23 @@ def bench_decode(report: Report, video: bytes, repeats: int, budget: Budget) -> 
     return results
 
 
+WARM_UP_TOKENS = 8
+
+
 def warm_up(grpc_url: str, frontend_url: str, video: bytes, plan: BenchPlan) -> None:
-    """First requests load lazy state (ONNX Runtime buffers, torch kernels for each batch size); keep that out."""
+    """First requests load lazy state (ONNX Runtime buffers, torch kernels for each batch size); keep that out.
+
+    Every path once at concurrency 1, then one concurrent round via Triton (the batch shapes are the same
+    whichever path sends), with a few tokens each: the warm-up is not part of the time budget.
+    """
+    short = dataclasses.replace(plan, max_new_tokens=min(plan.max_new_tokens, WARM_UP_TOKENS))
     factories = {
-        "Triton gRPC": lambda: TritonStreamWorker(grpc_url, video, plan),
-        "REST SSE": lambda: RestStreamWorker(frontend_url, plan),
-        "REST unary": lambda: RestUnaryWorker(frontend_url, plan),
+        "Triton gRPC": lambda: TritonStreamWorker(grpc_url, video, short),
+        "REST SSE": lambda: RestStreamWorker(frontend_url, short),
+        "REST unary": lambda: RestUnaryWorker(frontend_url, short),
     }
-    for concurrency in (1, plan.concurrency):
-        for run in run_level(concurrency, [(path, 1) for path in factories], factories, Budget(600), grpc_url, None):
+    for concurrency, paths in ((1, list(factories)), (plan.concurrency, ["Triton gRPC"])):
+        for run in run_level(concurrency, [(path, 1) for path in paths], factories, Budget(600), grpc_url, None):
             if run.errors:
                 raise RuntimeError(f"warm-up {run.path} at concurrency {concurrency} failed: {run.errors[0]}")
 
@@ -680,7 +689,7 @@ def run(args: argparse.Namespace) -> int:
             # the higher level gets the larger share: its rounds take longer
             share = 1.0 if index == len(levels) - 1 else 0.45
             level = Budget(budget.remaining() * share)
-            runs += run_level(concurrency, paths, factories, level, grpc_url, batching if concurrency > 1 else None)
+            runs += run_level(concurrency, paths, factories, level, grpc_url, batching if concurrency > 1 else None, budget)
         phase_times["2. requests"] = time.perf_counter() - t0
 
         report_latency(report, runs, plan)
@@ -730,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
                              "...-quick.md with --quick)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens per answer (default 64, 16 with --quick)")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds for the measurement phases (default 330, 40 with --quick); build, start-up and "
+                        help="seconds for the measurement phases (default 300, 40 with --quick); build, start-up and "
                              "warm-up excluded")
     args = parser.parse_args(argv)
     args.argv = argv

@@ -46,6 +46,8 @@ from emoserve.model_catalog import (
     WEIGHTS_PARAMETER,
 )
 
+from export.pbtxt import onnx_network_header, optional_scalars, parameter, tensor, tensor_block
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +85,8 @@ class BuildSettings:
     max_prompt_chars: int = 2000
     pipeline_instances: int = 4
     max_video_bytes: int = 512 * 1024 * 1024
+    # HuBERT attends over the whole track: longer audio is cut to this many seconds before encoding
+    emotion_audio_seconds: float = 30.0
 
     def weights_description(self) -> str:
         if self.checkpoint is not None:
@@ -90,59 +94,37 @@ class BuildSettings:
         return f"demo: seeded-random weights (seed {self.seed}), {self.profile} profile - NOT a trained model"
 
 
-def _parameter(key: str, value) -> str:
-    return f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-
-
 def network_config(settings: BuildSettings) -> str:
-    if settings.target == "cpu":
-        header = 'backend: "python"'
-        identity_reshape = ""
-        instance_kind = "KIND_CPU"
-        extra = [_parameter("onnx_file", "model.onnx"), _parameter("intra_op_threads", settings.onnx_threads)]
-    else:
-        header = 'platform: "tensorrt_plan"' if settings.tensorrt else 'platform: "onnxruntime_onnx"'
-        identity_reshape = " reshape: { shape: [ ] }"  # the graph takes id_idx as [batch]
-        instance_kind = "KIND_GPU"
-        extra = []
+    # the graph takes id_idx as [batch]: the native backends reshape Triton's [batch, 1] to it
+    identity_extra = "reshape: { shape: [ ] }" if settings.target == "gpu" else ""
     return "\n".join([
-        f'name: "{A2E_NETWORK_MODEL}"',
-        header,
-        f"max_batch_size: {settings.network_max_batch}",
-        "input [",
-        f'  {{ name: "{NETWORK_AUDIO}" data_type: TYPE_FP32 dims: [ -1 ] }},',
-        f'  {{ name: "{NETWORK_IDENTITY}" data_type: TYPE_INT64 dims: [ 1 ]{identity_reshape} }}',
-        "]",
-        f'output [ {{ name: "{NETWORK_BLENDSHAPES}" data_type: TYPE_FP32 dims: [ -1, {NUM_BLENDSHAPES} ] }} ]',
-        f"dynamic_batching {{ max_queue_delay_microseconds: {settings.network_queue_delay_us} }}",
-        f"instance_group [ {{ count: {settings.network_instances} kind: {instance_kind} }} ]",
-        _parameter(WEIGHTS_PARAMETER, settings.weights_description()),
-        *extra,
+        *onnx_network_header(A2E_NETWORK_MODEL, settings, max_batch=settings.network_max_batch,
+                             queue_delay_us=settings.network_queue_delay_us, instances=settings.network_instances,
+                             tensorrt=settings.tensorrt),
+        *tensor_block("input", [tensor(NETWORK_AUDIO, "TYPE_FP32", "-1"), tensor(NETWORK_IDENTITY, "TYPE_INT64", "1", identity_extra)]),
+        *tensor_block("output", [tensor(NETWORK_BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}")]),
+        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
         "",
     ])
 
 
-def _option_inputs(*names_and_types: tuple[str, str]) -> list[str]:
-    return [f'  {{ name: "{name}" data_type: {dtype} dims: [ 1 ] optional: true }},' for name, dtype in names_and_types]
-
-
 def stream_config(settings: BuildSettings) -> str:
-    options = _option_inputs((ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"), (SEED, "TYPE_UINT64"))
-    options[-1] = options[-1].rstrip(",")
+    inputs = [
+        tensor(AUDIO, "TYPE_FP32", "-1", "allow_ragged_batch: true"),
+        *optional_scalars((ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"), (SEED, "TYPE_UINT64")),
+    ]
+    outputs = [
+        tensor(BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}"),
+        tensor(FIRST_FRAME_INDEX, "TYPE_INT64", "1"),
+        tensor(CHUNK_INDEX, "TYPE_INT64", "1"),
+    ]
     idle_us = int(settings.stream_idle_timeout_s * 1_000_000)
     return "\n".join([
         f'name: "{A2E_STREAM_MODEL}"',
         'backend: "python"',
         f"max_batch_size: {settings.stream_max_batch}",
-        "input [",
-        f'  {{ name: "{AUDIO}" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true }},',
-        *options,
-        "]",
-        "output [",
-        f'  {{ name: "{BLENDSHAPES}" data_type: TYPE_FP32 dims: [ -1, {NUM_BLENDSHAPES} ] }},',
-        f'  {{ name: "{FIRST_FRAME_INDEX}" data_type: TYPE_INT64 dims: [ 1 ] }},',
-        f'  {{ name: "{CHUNK_INDEX}" data_type: TYPE_INT64 dims: [ 1 ] }}',
-        "]",
+        *tensor_block("input", inputs),
+        *tensor_block("output", outputs),
         "sequence_batching {",
         f"  max_sequence_idle_microseconds: {idle_us}",
         "  control_input [",
@@ -158,29 +140,28 @@ def stream_config(settings: BuildSettings) -> str:
         "}",
         # one instance: a sequence's state lives in exactly one stub process
         "instance_group [ { count: 1 kind: KIND_CPU } ]",
-        _parameter(WEIGHTS_PARAMETER, settings.weights_description()),
+        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
         "",
     ])
 
 
 def offline_config(settings: BuildSettings) -> str:
-    options = _option_inputs(
-        (AUDIO, "TYPE_FP32"), (AUDIO_BYTES, "TYPE_STRING"), (ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"),
-        (BROW_MOVEMENT, "TYPE_BOOL"), (EX_VOL, "TYPE_BOOL"), (SEED, "TYPE_UINT64"),
-    )
-    options[0] = options[0].replace("dims: [ 1 ]", "dims: [ -1 ]")
-    options[-1] = options[-1].rstrip(",")
+    inputs = [
+        tensor(AUDIO, "TYPE_FP32", "-1", "optional: true"),
+        *optional_scalars(
+            (AUDIO_BYTES, "TYPE_STRING"), (ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"),
+            (EX_VOL, "TYPE_BOOL"), (SEED, "TYPE_UINT64"),
+        ),
+    ]
     return "\n".join([
         f'name: "{A2E_OFFLINE_MODEL}"',
         'backend: "python"',
         "max_batch_size: 0",
-        "input [",
-        *options,
-        "]",
-        f'output [ {{ name: "{BLENDSHAPES}" data_type: TYPE_FP32 dims: [ -1, {NUM_BLENDSHAPES} ] }} ]',
+        *tensor_block("input", inputs),
+        *tensor_block("output", [tensor(BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}")]),
         f"instance_group [ {{ count: {settings.offline_instances} kind: KIND_CPU }} ]",
-        _parameter("max_audio_seconds", settings.max_audio_seconds),
-        _parameter(WEIGHTS_PARAMETER, settings.weights_description()),
+        parameter("max_audio_seconds", settings.max_audio_seconds),
+        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
         "",
     ])
 

@@ -43,6 +43,8 @@ from emoserve.model_catalog import (
     WEIGHTS_PARAMETER,
 )
 
+from export.pbtxt import onnx_network_header, optional_scalars, parameter, tensor, tensor_block
+
 if TYPE_CHECKING:
     from export.build_repository import BuildSettings
 
@@ -53,51 +55,28 @@ LLM_FOLDER = "llm"
 IMAGE_TOKEN_COUNT = 256
 
 
-def _parameter(key: str, value) -> str:
-    return f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-
-
 SAMPLING_INPUTS = (
     (TEMPERATURE, "TYPE_FP32"), (TOP_P, "TYPE_FP32"), (REPETITION_PENALTY, "TYPE_FP32"), (MAX_NEW_TOKENS, "TYPE_INT32"), (SEED, "TYPE_UINT64"),
 )
-
-
-def _sampling_inputs() -> list[str]:
-    return [f'  {{ name: "{name}" data_type: {dtype} dims: [ 1 ] optional: true }},' for name, dtype in SAMPLING_INPUTS]
-
-
-def _text_outputs() -> list[str]:
-    return [
-        "output [",
-        f'  {{ name: "{TEXT_DELTA}" data_type: TYPE_STRING dims: [ 1 ] }},',
-        f'  {{ name: "{TEXT}" data_type: TYPE_STRING dims: [ 1 ] }},',
-        f'  {{ name: "{TOKEN_IDS}" data_type: TYPE_INT64 dims: [ -1 ] }},',
-        f'  {{ name: "{RESULT_METADATA}" data_type: TYPE_STRING dims: [ 1 ] }}',
-        "]",
-    ]
+TEXT_OUTPUTS = [
+    tensor(TEXT_DELTA, "TYPE_STRING", "1"),
+    tensor(TEXT, "TYPE_STRING", "1"),
+    tensor(TOKEN_IDS, "TYPE_INT64", "-1"),
+    tensor(RESULT_METADATA, "TYPE_STRING", "1"),
+]
 
 
 def _encoder_header(settings: "BuildSettings", name: str) -> list[str]:
-    if settings.target == "cpu":
-        backend, kind = ['backend: "python"'], "KIND_CPU"
-        extra = [_parameter("onnx_file", "model.onnx"), _parameter("intra_op_threads", settings.onnx_threads)]
-    else:
-        # TensorRT plans are built for the A2E network only; the encoders run on onnxruntime's CUDA provider
-        backend, kind = ['platform: "onnxruntime_onnx"'], "KIND_GPU"
-        extra = []
-    return [f'name: "{name}"', *backend, "max_batch_size: 8", "dynamic_batching { max_queue_delay_microseconds: 2000 }",
-            f"instance_group [ {{ count: 1 kind: {kind} }} ]", *extra]
+    # TensorRT plans are built for the A2E network only; the encoders run on onnxruntime (CUDA provider on gpu)
+    return onnx_network_header(name, settings, max_batch=8, queue_delay_us=2000)
 
 
 def vision_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
     return "\n".join([
         *_encoder_header(settings, EMOTION_VISION_MODEL),
-        f'input [ {{ name: "{PIXEL_VALUES}" data_type: TYPE_FP32 dims: [ 3, 448, 448 ] }} ]',
-        "output [",
-        f'  {{ name: "{IMAGE_TOKENS}" data_type: TYPE_FP32 dims: [ {IMAGE_TOKEN_COUNT}, {hidden} ] }},',
-        f'  {{ name: "{CLS_TOKEN}" data_type: TYPE_FP32 dims: [ 1, {hidden} ] }}',
-        "]",
-        _parameter(WEIGHTS_PARAMETER, weights),
+        *tensor_block("input", [tensor(PIXEL_VALUES, "TYPE_FP32", "3, 448, 448")]),
+        *tensor_block("output", [tensor(IMAGE_TOKENS, "TYPE_FP32", f"{IMAGE_TOKEN_COUNT}, {hidden}"), tensor(CLS_TOKEN, "TYPE_FP32", f"1, {hidden}")]),
+        parameter(WEIGHTS_PARAMETER, weights),
         "",
     ])
 
@@ -105,20 +84,15 @@ def vision_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
 def audio_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
     return "\n".join([
         *_encoder_header(settings, EMOTION_AUDIO_MODEL),
-        f'input [ {{ name: "{AUDIO_INPUT_VALUES}" data_type: TYPE_FP32 dims: [ -1 ] }} ]',
-        f'output [ {{ name: "{FEATURE_TOKENS}" data_type: TYPE_FP32 dims: [ 3, {hidden} ] }} ]',
-        _parameter(WEIGHTS_PARAMETER, weights),
+        *tensor_block("input", [tensor(AUDIO_INPUT_VALUES, "TYPE_FP32", "-1")]),
+        *tensor_block("output", [tensor(FEATURE_TOKENS, "TYPE_FP32", f"3, {hidden}")]),
+        parameter(WEIGHTS_PARAMETER, weights),
         "",
     ])
 
 
 def llm_config(settings: "BuildSettings", weights: str) -> str:
-    inputs = [
-        f'  {{ name: "{MULTIMODAL_EMBEDDINGS}" data_type: TYPE_FP32 dims: [ -1, -1 ] }},',
-        f'  {{ name: "{PROMPT}" data_type: TYPE_STRING dims: [ 1 ] }},',
-        *_sampling_inputs(),
-    ]
-    inputs[-1] = inputs[-1].rstrip(",")
+    inputs = [tensor(MULTIMODAL_EMBEDDINGS, "TYPE_FP32", "-1, -1"), tensor(PROMPT, "TYPE_STRING", "1"), *optional_scalars(*SAMPLING_INPUTS)]
     kind = "KIND_GPU" if settings.target == "gpu" else "KIND_CPU"
     return "\n".join([
         f'name: "{EMOTION_LLM_MODEL}"',
@@ -127,36 +101,36 @@ def llm_config(settings: "BuildSettings", weights: str) -> str:
         "model_transaction_policy { decoupled: true }",
         # concurrent requests arriving within the delay decode together in one batched loop
         f"dynamic_batching {{ max_queue_delay_microseconds: {settings.llm_queue_delay_us} }}",
-        "input [", *inputs, "]",
-        *_text_outputs(),
+        *tensor_block("input", inputs),
+        *tensor_block("output", TEXT_OUTPUTS),
         f"instance_group [ {{ count: 1 kind: {kind} }} ]",
-        _parameter("llm_folder", LLM_FOLDER),
-        _parameter("max_new_tokens_limit", settings.max_new_tokens_limit),
-        _parameter("max_prompt_chars", settings.max_prompt_chars),
-        _parameter(WEIGHTS_PARAMETER, weights),
+        parameter("llm_folder", LLM_FOLDER),
+        parameter("max_new_tokens_limit", settings.max_new_tokens_limit),
+        parameter("max_prompt_chars", settings.max_prompt_chars),
+        parameter(WEIGHTS_PARAMETER, weights),
         "",
     ])
 
 
 def pipeline_config(settings: "BuildSettings", weights: str) -> str:
     inputs = [
-        f'  {{ name: "{VIDEO}" data_type: TYPE_STRING dims: [ 1 ] optional: true }},',
-        f'  {{ name: "{VIDEO_BASE64}" data_type: TYPE_STRING dims: [ 1 ] optional: true }},',
-        f'  {{ name: "{PROMPT}" data_type: TYPE_STRING dims: [ 1 ] }},',
-        *_sampling_inputs(),
+        tensor(VIDEO, "TYPE_STRING", "1", "optional: true"),
+        tensor(VIDEO_BASE64, "TYPE_STRING", "1", "optional: true"),
+        tensor(PROMPT, "TYPE_STRING", "1"),
+        *optional_scalars(*SAMPLING_INPUTS),
     ]
-    inputs[-1] = inputs[-1].rstrip(",")
     return "\n".join([
         f'name: "{EMOTION_PIPELINE_MODEL}"',
         'backend: "python"',
         "max_batch_size: 0",
         "model_transaction_policy { decoupled: true }",
-        "input [", *inputs, "]",
-        *_text_outputs(),
+        *tensor_block("input", inputs),
+        *tensor_block("output", TEXT_OUTPUTS),
         # each instance holds one request through its BLS calls: instances = requests the LLM can batch
         f"instance_group [ {{ count: {settings.pipeline_instances} kind: KIND_CPU }} ]",
-        _parameter("max_video_bytes", settings.max_video_bytes),
-        _parameter(WEIGHTS_PARAMETER, weights),
+        parameter("max_video_bytes", settings.max_video_bytes),
+        parameter("max_audio_seconds", settings.emotion_audio_seconds),
+        parameter(WEIGHTS_PARAMETER, weights),
         "",
     ])
 

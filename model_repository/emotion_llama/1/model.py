@@ -74,7 +74,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException("emotion_llama streams text: its config must set decoupled: true")
         parameters = model_parameters(config)
         self.max_video_bytes = typed_parameter(parameters, "max_video_bytes", int, 512 * 1024 * 1024)
-        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, 120.0)
+        # HuBERT attends over the whole track, so only its first max_audio_seconds are encoded
+        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, 30.0)
         self.logger = pb_utils.Logger
 
     def _multimodal(self, video: bytes) -> tuple[np.ndarray, dict]:
