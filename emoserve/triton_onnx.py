@@ -32,6 +32,10 @@ class OnnxNetworkModel:
             raise pb_utils.TritonModelException(f"config inputs {declared} do not match the ONNX graph's {self.runner.input_names}")
         self.dtypes = {entry["name"]: pb_utils.triton_string_to_numpy(entry["data_type"]) for entry in config["input"]}
 
+    def prepare(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Model-specific checks and reshaping of one request's inputs; ValueError refuses the request."""
+        return arrays
+
     def execute(self, requests):
         pb_utils = self.pb_utils
         feeds, errors = [], {}
@@ -43,7 +47,7 @@ class OnnxNetworkModel:
                     raise ValueError("empty input tensor")
                 if any(np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)) for a in arrays.values()):
                     raise ValueError("input holds NaN or infinite values")
-                feeds.append(arrays)
+                feeds.append(self.prepare(arrays))
             except ValueError as exc:
                 errors[index] = str(exc)
         try:

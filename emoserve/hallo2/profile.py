@@ -40,7 +40,8 @@ class Hallo2Profile:
     image_tokens: int = 4
     face_embedding_dim: int = 512
     face_locator_channels: int = 320  # = unet_block_out_channels[0]
-    face_locator_block_out_channels: tuple[int, ...] = (16, 32, 96, 256)
+    # FaceLocator(conditioning_embedding_channels=320) keeps its default block_out_channels upstream
+    face_locator_block_out_channels: tuple[int, ...] = (16, 32, 64, 128)
     # --- clip / video ---
     clip_frames: int = 16
     motion_frames: int = 2
@@ -90,7 +91,8 @@ HALLO2_PROFILES: dict[str, Hallo2Profile] = {
     "tiny": Hallo2Profile(
         name="tiny",
         image_size=64,
-        vae_block_out_channels=(32, 64),
+        # 4 blocks (3 downsamplers) like sd-vae-ft-mse, so latents are image_size / 8 as in "full"
+        vae_block_out_channels=(32, 64, 64, 64),
         vae_layers_per_block=1,
         vae_norm_num_groups=8,
         unet_block_out_channels=(32, 64),
