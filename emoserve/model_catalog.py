@@ -52,3 +52,25 @@ IMAGE_TOKENS = "image_tokens"  # float32 [batch, 256, llm hidden]
 CLS_TOKEN = "cls_token"  # float32 [batch, 1, llm hidden]
 AUDIO_INPUT_VALUES = "input_values"  # float32 [batch, samples], raw 16 kHz mono PCM (normalised in-graph)
 FEATURE_TOKENS = "feature_tokens"  # float32 [batch, 3, llm hidden]: FaceMAE (zeros), VideoMAE (zeros), HuBERT
+
+# ---- Hallo2 ----------------------------------------------------------------------------------------
+# VAE, audio encoder and conditioning projections (also the ONNX graphs' names).  B = batch, F = frames,
+# H = W = image size, h = w = H / 8 (latent size), L / D = wav2vec2 layers / width (12 / 768),
+# C = token width (768), S = 16 kHz samples, T = ceil(S / 16000 * 25) (upstream's float formula).
+HALLO2_VAE_ENCODER_MODEL = "hallo2_vae_encoder"  # pixels -> latents
+HALLO2_VAE_DECODER_MODEL = "hallo2_vae_decoder"  # latents -> pixels
+HALLO2_AUDIO_ENCODER_MODEL = "hallo2_audio_encoder"  # audio -> audio_features
+HALLO2_AUDIO_PROJ_MODEL = "hallo2_audio_proj"  # audio_windows -> audio_tokens
+HALLO2_IMAGE_PROJ_MODEL = "hallo2_image_proj"  # face_embedding -> image_tokens
+HALLO2_FACE_LOCATOR_MODEL = "hallo2_face_locator"  # face_mask -> face_features
+
+HALLO2_PIXELS = "pixels"  # float32 [B, 3, H, W] RGB in [-1, 1]
+HALLO2_LATENTS = "latents"  # float32 [B, 4, h, w], VAE posterior mean x 0.18215
+HALLO2_AUDIO = "audio"  # float32 [B, S] raw 16 kHz mono PCM (normalised in-graph), S >= 400
+HALLO2_AUDIO_FEATURES = "audio_features"  # float32 [B, T, L, D]: every wav2vec2 layer's output at 25 fps
+HALLO2_AUDIO_WINDOWS = "audio_windows"  # float32 [B, F, 5, L, D]: features of frames i-2..i+2 (clamped)
+HALLO2_AUDIO_TOKENS = "audio_tokens"  # float32 [B, F, 32, C]
+HALLO2_FACE_EMBEDDING = "face_embedding"  # float32 [B, 512] InsightFace embedding (zeros: no face / uncond)
+HALLO2_IMAGE_TOKENS = "image_tokens"  # float32 [B, 4, C]
+HALLO2_FACE_MASK = "face_mask"  # float32 [B, 1, F, H, W] face-region mask in [0, 1] (expanded x1.2)
+HALLO2_FACE_FEATURES = "face_features"  # float32 [B, 320, F, h, w]

@@ -32,6 +32,12 @@ class OnnxNetworkModel:
             raise pb_utils.TritonModelException(f"config inputs {declared} do not match the ONNX graph's {self.runner.input_names}")
         self.dtypes = {entry["name"]: pb_utils.triton_string_to_numpy(entry["data_type"]) for entry in config["input"]}
 
+    def _as_graph_input(self, name: str, array: np.ndarray) -> np.ndarray:
+        array = array.astype(self.dtypes[name], copy=False)
+        if self.runner.input_ranks[name] == 1 and array.ndim == 2 and array.shape[1] == 1:
+            array = array.reshape(-1)  # a per-item scalar: Triton's [batch, 1] is the graph's [batch]
+        return array
+
     def prepare(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model-specific checks and reshaping of one request's inputs; ValueError refuses the request."""
         return arrays
@@ -41,7 +47,7 @@ class OnnxNetworkModel:
         feeds, errors = [], {}
         for index, request in enumerate(requests):
             try:
-                arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(self.dtypes[name], copy=False)
+                arrays = {name: self._as_graph_input(name, pb_utils.get_input_tensor_by_name(request, name).as_numpy())
                           for name in self.runner.input_names}
                 if any(a.size == 0 for a in arrays.values()):
                     raise ValueError("empty input tensor")

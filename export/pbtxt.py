@@ -43,3 +43,32 @@ def onnx_network_header(name: str, settings: "BuildSettings", *, max_batch: int,
         f"instance_group [ {{ count: {instances} kind: {kind} }} ]",
         *extra,
     ]
+
+
+_ONNX_TO_TRITON = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 10: "TYPE_FP16", 9: "TYPE_BOOL", 11: "TYPE_FP64"}
+
+
+def onnx_tensors(onnx_path, batched: bool = True, reshape_per_item_scalars: bool = False) -> tuple[list[str], list[str]]:
+    """Input and output entries read off an exported graph: names, types, and dims with symbolic axes as -1
+    (the leading batch axis left out when ``batched``), so a config can never disagree with its ONNX file.
+
+    A ``[batch]`` input (e.g. a timestep) is ``dims: [ 1 ]`` to Triton; the native backends need
+    ``reshape_per_item_scalars`` to hand it to the graph as ``[batch]`` (the python adapter reshapes itself)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+
+    def entries(values) -> list[str]:
+        out = []
+        for value in values:
+            kind = value.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim]
+            if batched:
+                dims = dims[1:]
+            extra = "reshape: { shape: [ ] }" if not dims and reshape_per_item_scalars and values is inputs else ""
+            out.append(tensor(value.name, _ONNX_TO_TRITON[kind.elem_type], ", ".join(str(d) for d in dims) or "1", extra))
+        return out
+
+    initializers = {init.name for init in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    return entries(inputs), entries(graph.output)

@@ -349,3 +349,374 @@ class AudioEncoderSpec(BaseNetworkSpec):
         d = super().describe()
         d.update(dynamic_axes=self._describe_dynamic_axes(), llm_hidden=self.llm_hidden)
         return d
+
+
+# ============================================================================ Hallo2 components
+# VAE halves, audio encoder and the three conditioning networks (emoserve.hallo2.vae / audio /
+# projections).  Every spec takes the Hallo2 profile name ("full" = upstream sizes, "tiny" = tests).
+
+from emoserve.hallo2.audio_windows import audio_frames as _hallo2_audio_frames  # noqa: E402
+from emoserve.hallo2.profile import Hallo2Profile, get_profile as _hallo2_profile  # noqa: E402
+from emoserve.model_catalog import (  # noqa: E402
+    HALLO2_AUDIO,
+    HALLO2_AUDIO_ENCODER_MODEL,
+    HALLO2_AUDIO_FEATURES,
+    HALLO2_AUDIO_PROJ_MODEL,
+    HALLO2_AUDIO_TOKENS,
+    HALLO2_AUDIO_WINDOWS,
+    HALLO2_FACE_EMBEDDING,
+    HALLO2_FACE_FEATURES,
+    HALLO2_FACE_LOCATOR_MODEL,
+    HALLO2_FACE_MASK,
+    HALLO2_IMAGE_PROJ_MODEL,
+    HALLO2_IMAGE_TOKENS,
+    HALLO2_LATENTS,
+    HALLO2_PIXELS,
+    HALLO2_VAE_DECODER_MODEL,
+    HALLO2_VAE_ENCODER_MODEL,
+)
+
+__all__ += [
+    "VaeEncoderSpec",
+    "VaeDecoderSpec",
+    "Hallo2AudioEncoderSpec",
+    "AudioProjSpec",
+    "ImageProjSpec",
+    "FaceLocatorSpec",
+]
+
+
+@dataclass
+class _Hallo2Spec(BaseNetworkSpec):
+    """Shared plumbing: a Hallo2 profile, a batch range and a (batch[, frames]) trace shape."""
+
+    profile: str = "full"
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    export_shape: tuple[int, ...] = (2,)
+
+    @property
+    def prof(self) -> Hallo2Profile:
+        return _hallo2_profile(self.profile)
+
+    def _batches(self, lo: int | None, opt: int | None, hi: int | None) -> tuple[int, int, int]:
+        b = (_pick(self.min_batch, lo), _pick(self.opt_batch, opt), _pick(self.max_batch, hi))
+        self._check_range("batch", b, lower=1)
+        return b
+
+    def get_export_sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.export_shape)
+
+    @staticmethod
+    def _gen(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def _need(cond: bool, what: str) -> None:
+        if not cond:
+            raise ValueError(what)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(dynamic_axes=self._describe_dynamic_axes(), profile=self.profile)
+        return d
+
+
+@dataclass
+class VaeEncoderSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.vae.VaeEncoder`.
+
+    ONNX contract::
+
+        input : pixels   float32 [batch, 3, H, W]  RGB in [-1, 1], H = W = profile image size (512)
+        output: latents  float32 [batch, 4, H/8, W/8]  posterior mean x 0.18215
+
+    Batch is dynamic (TensorRT opt 3: the reference image + 2 motion frames of a clip).
+    """
+
+    name: str = HALLO2_VAE_ENCODER_MODEL
+    opt_batch: int = 3
+
+    def get_input_names(self) -> list[str]:
+        return [HALLO2_PIXELS]
+
+    def get_output_names(self) -> list[str]:
+        return [HALLO2_LATENTS]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {HALLO2_PIXELS: {0: "batch"}, HALLO2_LATENTS: {0: "batch"}}
+
+    def get_input_shape(self, batch: int) -> Shape:
+        return (batch, 3, self.prof.image_size, self.prof.image_size)
+
+    def get_input_profile(
+        self, batch_min: int | None = None, batch_opt: int | None = None, batch_max: int | None = None
+    ) -> InputProfile:
+        return {HALLO2_PIXELS: [self.get_input_shape(b) for b in self._batches(batch_min, batch_opt, batch_max)]}
+
+    def get_output_shapes(self, batch: int) -> list[Shape]:
+        p = self.prof
+        return [(batch, p.latent_channels, p.latent_size, p.latent_size)]
+
+    def get_sample_input(self, batch: int, *, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor]:
+        """A deterministic random image in [-1, 1]."""
+        self._need(batch >= 1, f"need batch >= 1, got {batch}")
+        pixels = torch.rand(self.get_input_shape(batch), generator=self._gen(seed)) * 2.0 - 1.0
+        return (pixels.to(device),)
+
+
+@dataclass
+class VaeDecoderSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.vae.VaeDecoder`.
+
+    ONNX contract::
+
+        input : latents  float32 [batch, 4, h, w]  scaled latents (x 0.18215), h = w = image size / 8
+        output: pixels   float32 [batch, 3, 8h, 8w]  RGB clamped to [-1, 1]
+
+    Batch is dynamic (frames of a clip are decoded as a batch; TensorRT opt/max 4/16).
+    """
+
+    name: str = HALLO2_VAE_DECODER_MODEL
+    opt_batch: int = 4
+    max_batch: int = 16
+
+    def get_input_names(self) -> list[str]:
+        return [HALLO2_LATENTS]
+
+    def get_output_names(self) -> list[str]:
+        return [HALLO2_PIXELS]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {HALLO2_LATENTS: {0: "batch"}, HALLO2_PIXELS: {0: "batch"}}
+
+    def get_input_shape(self, batch: int) -> Shape:
+        p = self.prof
+        return (batch, p.latent_channels, p.latent_size, p.latent_size)
+
+    def get_input_profile(
+        self, batch_min: int | None = None, batch_opt: int | None = None, batch_max: int | None = None
+    ) -> InputProfile:
+        return {HALLO2_LATENTS: [self.get_input_shape(b) for b in self._batches(batch_min, batch_opt, batch_max)]}
+
+    def get_output_shapes(self, batch: int) -> list[Shape]:
+        return [(batch, 3, self.prof.image_size, self.prof.image_size)]
+
+    def get_sample_input(self, batch: int, *, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor]:
+        """Deterministic latents ~ N(0, 1) (the scale of scaled SD latents)."""
+        self._need(batch >= 1, f"need batch >= 1, got {batch}")
+        return (torch.randn(self.get_input_shape(batch), generator=self._gen(seed)).to(device),)
+
+
+@dataclass
+class Hallo2AudioEncoderSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.audio.Hallo2AudioEncoder` (wav2vec2-base-960h, all layers, 25 fps).
+
+    ONNX contract::
+
+        input : audio           float32 [batch, samples]  raw 16 kHz mono PCM (normalised in-graph), >= 400
+        output: audio_features  float32 [batch, frames, L, D]  frames = ceil(samples / 16000 * 25)
+                                 (upstream's float64 formula), L = 12 layers, D = 768
+
+    TensorRT profile defaults: batch 1/1/``max_batch``; samples 400 / 10 s / 60 s (upstream's segment).
+    """
+
+    name: str = HALLO2_AUDIO_ENCODER_MODEL
+    max_batch: int = 4
+    min_samples: int = 400
+    opt_samples: int = 10 * SAMPLE_RATE
+    max_samples: int = 60 * SAMPLE_RATE
+    export_shape: tuple[int, ...] = (2, 20000)
+
+    def get_input_names(self) -> list[str]:
+        return [HALLO2_AUDIO]
+
+    def get_output_names(self) -> list[str]:
+        return [HALLO2_AUDIO_FEATURES]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {HALLO2_AUDIO: {0: "batch", 1: "samples"}, HALLO2_AUDIO_FEATURES: {0: "batch", 1: "frames"}}
+
+    def get_input_profile(
+        self,
+        batch_min: int | None = None,
+        batch_opt: int | None = None,
+        batch_max: int | None = None,
+        samples_min: int | None = None,
+        samples_opt: int | None = None,
+        samples_max: int | None = None,
+    ) -> InputProfile:
+        b = self._batches(batch_min, batch_opt, batch_max)
+        s = (
+            _pick(self.min_samples, samples_min),
+            _pick(self.opt_samples, samples_opt),
+            _pick(self.max_samples, samples_max),
+        )
+        self._check_range("samples", s, lower=self.min_samples)
+        return {HALLO2_AUDIO: [(b[0], s[0]), (b[1], s[1]), (b[2], s[2])]}
+
+    def get_output_shapes(self, batch: int, samples: int) -> list[Shape]:
+        p = self.prof
+        return [(batch, _hallo2_audio_frames(samples, SAMPLE_RATE, p.fps), p.wav2vec_layers, p.wav2vec_hidden)]
+
+    def get_sample_input(
+        self, batch: int, samples: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor]:
+        """Deterministic random audio ~ N(0, 0.1^2) clipped to [-1, 1]."""
+        self._need(batch >= 1 and samples >= self.min_samples,
+                   f"need batch >= 1 and samples >= {self.min_samples}, got ({batch}, {samples})")
+        audio = (torch.randn(batch, samples, generator=self._gen(seed)) * 0.1).clamp_(-1.0, 1.0)
+        return (audio.to(device),)
+
+
+@dataclass
+class AudioProjSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.projections.AudioProjModel`.
+
+    ONNX contract::
+
+        input : audio_windows  float32 [batch, frames, 5, L, D]  (features of frames i-2..i+2, clamped)
+        output: audio_tokens   float32 [batch, frames, 32, C]
+
+    TensorRT profile defaults: batch 1/1/``max_batch``; frames 1 / clip / clip + motion frames.
+    (Upstream's unconditional branch uses zero tokens, so guidance needs no second run of this net.)
+    """
+
+    name: str = HALLO2_AUDIO_PROJ_MODEL
+    max_batch: int = 4
+    export_shape: tuple[int, ...] = (2, 5)
+
+    def get_input_names(self) -> list[str]:
+        return [HALLO2_AUDIO_WINDOWS]
+
+    def get_output_names(self) -> list[str]:
+        return [HALLO2_AUDIO_TOKENS]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {HALLO2_AUDIO_WINDOWS: {0: "batch", 1: "frames"}, HALLO2_AUDIO_TOKENS: {0: "batch", 1: "frames"}}
+
+    def get_input_shape(self, batch: int, frames: int) -> Shape:
+        p = self.prof
+        return (batch, frames, p.audio_window, p.wav2vec_layers, p.wav2vec_hidden)
+
+    def get_input_profile(
+        self,
+        batch_min: int | None = None,
+        batch_opt: int | None = None,
+        batch_max: int | None = None,
+        frames_min: int = 1,
+        frames_opt: int | None = None,
+        frames_max: int | None = None,
+    ) -> InputProfile:
+        b = self._batches(batch_min, batch_opt, batch_max)
+        p = self.prof
+        f = (frames_min, _pick(p.clip_frames, frames_opt), _pick(p.total_frames, frames_max))
+        self._check_range("frames", f, lower=1)
+        return {HALLO2_AUDIO_WINDOWS: [self.get_input_shape(x, y) for x, y in zip(b, f)]}
+
+    def get_output_shapes(self, batch: int, frames: int) -> list[Shape]:
+        p = self.prof
+        return [(batch, frames, p.audio_tokens, p.audio_token_dim)]
+
+    def get_sample_input(
+        self, batch: int, frames: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor]:
+        """Deterministic features ~ N(0, 0.5^2) (roughly the scale of wav2vec2 hidden states)."""
+        self._need(batch >= 1 and frames >= 1, f"need batch >= 1 and frames >= 1, got ({batch}, {frames})")
+        return ((torch.randn(self.get_input_shape(batch, frames), generator=self._gen(seed)) * 0.5).to(device),)
+
+
+@dataclass
+class ImageProjSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.projections.ImageProjModel`.
+
+    ONNX contract::
+
+        input : face_embedding  float32 [batch, 512]  InsightFace embedding (zeros: no face / unconditional)
+        output: image_tokens    float32 [batch, 4, C]
+    """
+
+    name: str = HALLO2_IMAGE_PROJ_MODEL
+
+    def get_input_names(self) -> list[str]:
+        return [HALLO2_FACE_EMBEDDING]
+
+    def get_output_names(self) -> list[str]:
+        return [HALLO2_IMAGE_TOKENS]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {HALLO2_FACE_EMBEDDING: {0: "batch"}, HALLO2_IMAGE_TOKENS: {0: "batch"}}
+
+    def get_input_profile(
+        self, batch_min: int | None = None, batch_opt: int | None = None, batch_max: int | None = None
+    ) -> InputProfile:
+        d = self.prof.face_embedding_dim
+        return {HALLO2_FACE_EMBEDDING: [(b, d) for b in self._batches(batch_min, batch_opt, batch_max)]}
+
+    def get_output_shapes(self, batch: int) -> list[Shape]:
+        p = self.prof
+        return [(batch, p.image_tokens, p.cross_attention_dim)]
+
+    def get_sample_input(self, batch: int, *, seed: int = 0, device: str | torch.device = "cpu") -> tuple[Tensor]:
+        """Deterministic embeddings ~ N(0, 1) (InsightFace's raw embedding has norm ~20-25)."""
+        self._need(batch >= 1, f"need batch >= 1, got {batch}")
+        return (torch.randn(batch, self.prof.face_embedding_dim, generator=self._gen(seed)).to(device),)
+
+
+@dataclass
+class FaceLocatorSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.projections.FaceLocatorNet`.
+
+    ONNX contract::
+
+        input : face_mask      float32 [batch, 1, frames, H, W]  face region (expanded x1.2) in [0, 1]
+        output: face_features  float32 [batch, 320, frames, H/8, W/8]
+
+    TensorRT profile defaults: batch 1/1/``max_batch``; frames 1 / clip / clip + motion frames.
+    """
+
+    name: str = HALLO2_FACE_LOCATOR_MODEL
+    max_batch: int = 2
+    export_shape: tuple[int, ...] = (2, 3)
+
+    def get_input_names(self) -> list[str]:
+        return [HALLO2_FACE_MASK]
+
+    def get_output_names(self) -> list[str]:
+        return [HALLO2_FACE_FEATURES]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {HALLO2_FACE_MASK: {0: "batch", 2: "frames"}, HALLO2_FACE_FEATURES: {0: "batch", 2: "frames"}}
+
+    def get_input_shape(self, batch: int, frames: int) -> Shape:
+        s = self.prof.image_size
+        return (batch, 1, frames, s, s)
+
+    def get_input_profile(
+        self,
+        batch_min: int | None = None,
+        batch_opt: int | None = None,
+        batch_max: int | None = None,
+        frames_min: int = 1,
+        frames_opt: int | None = None,
+        frames_max: int | None = None,
+    ) -> InputProfile:
+        b = self._batches(batch_min, batch_opt, batch_max)
+        p = self.prof
+        f = (frames_min, _pick(p.clip_frames, frames_opt), _pick(p.total_frames, frames_max))
+        self._check_range("frames", f, lower=1)
+        return {HALLO2_FACE_MASK: [self.get_input_shape(x, y) for x, y in zip(b, f)]}
+
+    def get_output_shapes(self, batch: int, frames: int) -> list[Shape]:
+        p = self.prof
+        return [(batch, p.face_locator_channels, frames, p.latent_size, p.latent_size)]
+
+    def get_sample_input(
+        self, batch: int, frames: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor]:
+        """A deterministic random binary mask (per pixel, then the same for every frame, as upstream)."""
+        self._need(batch >= 1 and frames >= 1, f"need batch >= 1 and frames >= 1, got ({batch}, {frames})")
+        s = self.prof.image_size
+        mask = (torch.rand(batch, 1, 1, s, s, generator=self._gen(seed)) > 0.5).to(torch.float32)
+        return (mask.expand(batch, 1, frames, s, s).contiguous().to(device),)

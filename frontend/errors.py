@@ -1,4 +1,9 @@
-"""Typed API errors and the one place they become HTTP responses (``{"detail": ...}``)."""
+"""Typed API errors and the one place they become HTTP responses.
+
+The body depends on the route's tags: ``{"detail"}`` by default, ``{"error", "code", "details"}`` for the
+Emotion-LLaMA routes (:data:`ERROR_FIELD_TAG`), ``{"detail", "error_code"}`` for the Hallo2 routes
+(:data:`ERROR_CODE_TAG`, plus ``"status": "error"`` where a route also carries :data:`ERROR_STATUS_TAG`).
+"""
 
 from __future__ import annotations
 
@@ -13,45 +18,63 @@ log = logging.getLogger(__name__)
 
 class ApiError(Exception):
     status_code = 500
+    default_error_code = "INTERNAL_ERROR"
 
-    def __init__(self, detail: str, details: str | None = None):
+    def __init__(self, detail: str, details: str | None = None, error_code: str | None = None):
         super().__init__(detail)
         self.detail = detail
         self.details = details  # extra context for APIs whose error body has a "details" field
+        self.error_code = error_code or self.default_error_code  # stable code for APIs whose body has "error_code"
 
 
 class BadRequest(ApiError):
     status_code = 400
+    default_error_code = "BAD_REQUEST"
 
 
 class Unauthorized(ApiError):
     status_code = 401
+    default_error_code = "UNAUTHORIZED"
 
 
 class NotFound(ApiError):
     status_code = 404
+    default_error_code = "NOT_FOUND"
 
 
 class PayloadTooLarge(ApiError):
     status_code = 413
+    default_error_code = "PAYLOAD_TOO_LARGE"
 
 
 class InferenceFailed(ApiError):
     status_code = 500
+    default_error_code = "INFERENCE_FAILED"
 
 
 class ServiceUnavailable(ApiError):
     status_code = 503
+    default_error_code = "SERVICE_UNAVAILABLE"
 
 
 # Routes tagged with this use the Emotion-LLaMA error body {"error", "code", "details"}; all others {"detail"}.
 ERROR_FIELD_TAG = "error-body"
+# Routes tagged with this use the Hallo2 error body {"detail", "error_code"} ...
+ERROR_CODE_TAG = "error-code-body"
+# ... and those also tagged with this add "status": "error" (the documented DELETE /api/v1/tasks/{id} error).
+ERROR_STATUS_TAG = "error-status-body"
+# error_code of a request that fails FastAPI's parameter validation on an ERROR_CODE_TAG route
+INVALID_REQUEST = "INVALID_REQUEST"
 
 
-def error_body(request: Request, status_code: int, message: str, details: str | None = None) -> dict:
+def error_body(request: Request, status_code: int, message: str, details: str | None = None, error_code: str | None = None) -> dict:
     route = request.scope.get("route")
-    if route is not None and ERROR_FIELD_TAG in (getattr(route, "tags", None) or []):
+    tags = (getattr(route, "tags", None) or []) if route is not None else []
+    if ERROR_FIELD_TAG in tags:
         return {"error": message, "code": status_code, "details": details}
+    if ERROR_CODE_TAG in tags:
+        body = {"status": "error"} if ERROR_STATUS_TAG in tags else {}
+        return {**body, "detail": message, "error_code": error_code or INVALID_REQUEST}
     return {"detail": message}
 
 
@@ -63,10 +86,10 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(error_body(request, exc.status_code, exc.detail, exc.details), status_code=exc.status_code, headers=headers)
+        return JSONResponse(error_body(request, exc.status_code, exc.detail, exc.details, exc.error_code), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The documented APIs answer bad parameters with 400, not FastAPI's default 422.
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors())
-        return JSONResponse(error_body(request, 400, f"invalid request: {problems}"), status_code=400)
+        return JSONResponse(error_body(request, 400, f"invalid request: {problems}", error_code=INVALID_REQUEST), status_code=400)

@@ -1,0 +1,501 @@
+"""Hallo2 tasks in a real database (SQLAlchemy 2.x), and their files in one folder per task.
+
+Storage
+    * one row per task in ``hallo2_tasks`` (any SQLAlchemy URL: the default is an SQLite file, PostgreSQL
+      works for several front-end replicas sharing one queue), plus one row in ``hallo2_config`` for the
+      inference parameters set by ``POST /api/v1/inference/hallo2/config`` (shared by replicas, kept across
+      restarts);
+    * files under ``<data_dir>/<task_id>/``: ``image.<ext>``, ``audio.<ext>`` (inputs) and ``output.mp4``
+      (the result). Every file is written to a temporary name in the same folder, flushed, fsynced and
+      renamed, so a reader never sees a half-written file; a crash leaves at most a ``*.part`` file, which
+      :meth:`TaskStore.recover_on_startup` removes.
+
+Concurrency
+    The store is synchronous SQLAlchemy run in worker threads (``anyio.to_thread``), so the event loop never
+    blocks on the database. Every state change is ONE guarded ``UPDATE ... WHERE status = ...`` (and, for a
+    worker's own writes, ``AND claimed_by = <worker>``): :meth:`TaskStore.claim_next` picks the oldest queued
+    task and takes it only if it is still queued, retrying otherwise, which is safe with several workers,
+    processes or replicas; a worker whose task was cancelled or re-queued behind its back sees its write
+    refused instead of overwriting the new state.
+
+Statuses: ``queued`` → ``processing`` → ``completed`` | ``failed`` | ``cancelled`` (``cancelled`` is the
+fifth value, answered by ``DELETE /api/v1/tasks/{id}``; the document lists the other four).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import anyio
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, create_engine, event, func, select, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+log = logging.getLogger(__name__)
+
+QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = "queued", "processing", "completed", "failed", "cancelled"
+STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
+FINISHED = (COMPLETED, FAILED, CANCELLED)
+OUTPUT_NAME = "output.mp4"
+_PARTIAL_SUFFIX = ".part"
+_WRITE_BLOCK = 1 << 20
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """Naive UTC (what every backend stores the same way); rendered with a ``Z`` by :func:`iso_utc`."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(timespec="seconds") + "Z"
+
+
+def log_line(message: str, level: str = "INFO") -> str:
+    return f"{iso_utc(utcnow())} [{level}] {message}\n"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TaskRow(Base):
+    __tablename__ = "hallo2_tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # ties in created_at break by insertion order
+    task_id: Mapped[str] = mapped_column(String(36), unique=True, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    status_message: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    logs: Mapped[str] = mapped_column(Text, default="")
+    use_cache: Mapped[bool] = mapped_column(Boolean, default=True)
+    guidance_scale: Mapped[float] = mapped_column(Float)
+    inference_steps: Mapped[int] = mapped_column(Integer)
+    image_path: Mapped[str] = mapped_column(String(1000))
+    audio_path: Mapped[str] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims interrupted by a dead process count here
+
+
+class ConfigRow(Base):
+    __tablename__ = "hallo2_config"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    values: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Parameters applied to tasks created after they are set (each task keeps the values it was created with)."""
+
+    guidance_scale: float = 3.5
+    inference_steps: int = 40
+    enable_cache: bool = True
+
+
+@dataclass
+class Task:
+    """A snapshot of one row."""
+
+    task_id: str
+    status: str
+    progress: int
+    status_message: str | None
+    error: str | None
+    result: dict | None
+    logs: str
+    use_cache: bool
+    guidance_scale: float
+    inference_steps: int
+    image_path: str
+    audio_path: str
+    created_at: datetime
+    updated_at: datetime
+    claimed_by: str | None = None
+    heartbeat_at: datetime | None = None
+    attempts: int = 0
+
+    @classmethod
+    def of(cls, row: TaskRow) -> "Task":
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def public(self) -> dict[str, Any]:
+        """The fields ``GET /api/v1/tasks/{id}`` documents, in its order."""
+        return {
+            "task_id": self.task_id,
+            "status": self.status,
+            "progress": self.progress,
+            "status_message": self.status_message,
+            "result": self.result,
+            "error": self.error,
+            "created_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
+        }
+
+
+@dataclass
+class RecoveryReport:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    partial_files_removed: int = 0
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` appears at ``path`` whole or not at all (temporary name in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial_path = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{_PARTIAL_SUFFIX}")
+    try:
+        with open(partial_path, "wb") as handle:
+            view = memoryview(data)
+            for offset in range(0, len(view), _WRITE_BLOCK):
+                handle.write(view[offset:offset + _WRITE_BLOCK])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial_path, path)
+    except BaseException:
+        partial_path.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer (several workers/processes)
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(database_url: str) -> Engine:
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        database = url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskStore:
+    """Tasks, their logs and files. Every public method is async (the database work runs in a thread)."""
+
+    def __init__(self, database_url: str, data_dir: str | Path, max_attempts: int = 3, defaults: InferenceConfig | None = None):
+        self.database_url = database_url
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.max_attempts = max_attempts
+        self.defaults = defaults or InferenceConfig()
+        self.engine = make_engine(database_url)
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    async def _run(self, function: Callable[..., T], *args, **kwargs) -> T:
+        return await anyio.to_thread.run_sync(partial(function, *args, **kwargs))
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.data_dir / str(uuid.UUID(task_id))  # a task id is a UUID: nothing else reaches the file system
+
+    # -- creation and reads ---------------------------------------------------------------------------
+
+    def _create(self, image: bytes, image_ext: str, audio: bytes, audio_ext: str, use_cache: bool,
+                guidance_scale: float, inference_steps: int, task_id: str | None) -> Task:
+        task_id = task_id or str(uuid.uuid4())
+        folder = self.task_dir(task_id)
+        image_path, audio_path = folder / f"image.{image_ext}", folder / f"audio.{audio_ext}"
+        try:  # inputs first: a queued row always has its files
+            write_atomically(image_path, image)
+            write_atomically(audio_path, audio)
+            now = utcnow()
+            row = TaskRow(
+                task_id=task_id, status=QUEUED, progress=0, status_message="Task queued", error=None, result=None,
+                logs=log_line(f"Task queued (image {len(image)} bytes, audio {len(audio)} bytes, use_cache={use_cache}, "
+                              f"guidance_scale={guidance_scale}, inference_steps={inference_steps})"),
+                use_cache=use_cache, guidance_scale=guidance_scale, inference_steps=inference_steps,
+                image_path=str(image_path), audio_path=str(audio_path), created_at=now, updated_at=now, attempts=0,
+            )
+            with Session(self.engine) as session, session.begin():
+                session.add(row)
+                session.flush()
+                return Task.of(row)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    async def create(self, image: bytes, image_ext: str, audio: bytes, audio_ext: str, *, use_cache: bool = True,
+                     guidance_scale: float | None = None, inference_steps: int | None = None, task_id: str | None = None) -> Task:
+        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else guidance_scale
+        inference_steps = self.defaults.inference_steps if inference_steps is None else inference_steps
+        return await self._run(self._create, image, image_ext, audio, audio_ext, use_cache, guidance_scale, inference_steps, task_id)
+
+    def _get(self, task_id: str) -> Task | None:
+        with Session(self.engine) as session:
+            row = session.scalar(select(TaskRow).where(TaskRow.task_id == task_id))
+            return Task.of(row) if row is not None else None
+
+    async def get(self, task_id: str) -> Task | None:
+        return await self._run(self._get, task_id)
+
+    def _list(self, status: str | None, limit: int | None) -> list[Task]:
+        query = select(TaskRow).order_by(TaskRow.created_at, TaskRow.id)
+        if status is not None:
+            query = query.where(TaskRow.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        with Session(self.engine) as session:
+            return [Task.of(row) for row in session.scalars(query)]
+
+    async def list(self, status: str | None = None, limit: int | None = None) -> list[Task]:
+        return await self._run(self._list, status, limit)
+
+    def _counts(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            found = dict(session.execute(select(TaskRow.status, func.count()).group_by(TaskRow.status)).all())
+        return {status: int(found.get(status, 0)) for status in STATUSES}
+
+    async def counts(self) -> dict[str, int]:
+        return await self._run(self._counts)
+
+    # -- guarded state changes --------------------------------------------------------------------------
+
+    def _update(self, task_id: str, where: tuple, values: dict, log_message: str | None = None, level: str = "INFO") -> bool:
+        values = dict(values, updated_at=utcnow())
+        if log_message:
+            values["logs"] = func.coalesce(TaskRow.logs, "") + log_line(log_message, level)  # appended in SQL, no read-modify-write
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(update(TaskRow).where(TaskRow.task_id == task_id, *where).values(**values))
+            return result.rowcount == 1
+
+    def _owned(self, worker_id: str) -> tuple:
+        return (TaskRow.status == PROCESSING, TaskRow.claimed_by == worker_id)
+
+    async def append_log(self, task_id: str, message: str, level: str = "INFO") -> bool:
+        line = log_line(message, level)
+        return await self._run(self._update_logs_only, task_id, line)
+
+    def _update_logs_only(self, task_id: str, line: str) -> bool:
+        with Session(self.engine) as session, session.begin():
+            result = session.execute(update(TaskRow).where(TaskRow.task_id == task_id)
+                                     .values(logs=func.coalesce(TaskRow.logs, "") + line))
+            return result.rowcount == 1
+
+    async def update_progress(self, task_id: str, worker_id: str, progress: int, message: str | None = None, log: bool = True) -> bool:
+        """False when the task is no longer this worker's (cancelled, or re-queued): the worker then stops."""
+        values: dict[str, Any] = {"progress": max(0, min(100, int(progress))), "heartbeat_at": utcnow()}
+        if message is not None:
+            values["status_message"] = message[:500]
+        return await self._run(self._update, task_id, self._owned(worker_id), values, message if (log and message) else None)
+
+    def _claim_next(self, worker_id: str) -> Task | None:
+        for _ in range(100):  # another worker may win the race for a candidate: take the next one
+            with Session(self.engine) as session:
+                candidate = session.scalar(select(TaskRow.task_id).where(TaskRow.status == QUEUED)
+                                           .order_by(TaskRow.created_at, TaskRow.id).limit(1))
+            if candidate is None:
+                return None
+            now = utcnow()
+            with Session(self.engine) as session, session.begin():
+                won = session.execute(
+                    update(TaskRow).where(TaskRow.task_id == candidate, TaskRow.status == QUEUED).values(
+                        status=PROCESSING, claimed_by=worker_id, heartbeat_at=now, updated_at=now, progress=0,
+                        status_message="Processing started", attempts=TaskRow.attempts + 1,
+                        logs=func.coalesce(TaskRow.logs, "") + log_line(f"Processing started by worker {worker_id}"),
+                    )
+                ).rowcount == 1
+            if won:
+                return self._get(candidate)
+        return None
+
+    async def claim_next(self, worker_id: str) -> Task | None:
+        """Atomically take the oldest queued task for ``worker_id`` (None when nothing is queued)."""
+        return await self._run(self._claim_next, worker_id)
+
+    def _complete(self, task_id: str, worker_id: str, video: bytes, result: dict) -> bool:
+        output = self.task_dir(task_id) / OUTPUT_NAME
+        write_atomically(output, video)
+        result = dict(result, video_path=str(output), video_url=f"/api/v1/tasks/{task_id}/video", size_bytes=len(video))
+        done = self._update(task_id, self._owned(worker_id),
+                            {"status": COMPLETED, "progress": 100, "status_message": "Task completed", "result": result,
+                             "error": None, "claimed_by": None, "heartbeat_at": None},
+                            f"Task completed: {len(video)} bytes of video")
+        if not done:  # cancelled (or taken away) while the video was being written: nobody will serve it
+            output.unlink(missing_ok=True)
+        return done
+
+    async def complete(self, task_id: str, worker_id: str, video: bytes, result: dict | None = None) -> bool:
+        return await self._run(self._complete, task_id, worker_id, video, result or {})
+
+    async def fail(self, task_id: str, worker_id: str, error: str) -> bool:
+        return await self._run(self._update, task_id, self._owned(worker_id),
+                               {"status": FAILED, "status_message": "Task failed", "error": error[:10000],
+                                "claimed_by": None, "heartbeat_at": None},
+                               f"Task failed: {error}", "ERROR")
+
+    def _cancel(self, task_id: str) -> tuple[bool, Task | None]:
+        for _ in range(10):  # the status may change between the read and the guarded write
+            task = self._get(task_id)
+            if task is None or task.finished:
+                return False, task
+            message = "Task cancelled" if task.status == QUEUED else "Task cancelled while processing"
+            if self._update(task_id, (TaskRow.status == task.status,),
+                            {"status": CANCELLED, "status_message": message, "claimed_by": None, "heartbeat_at": None},
+                            f"{message} on request"):
+                return True, self._get(task_id)
+        return False, self._get(task_id)
+
+    async def cancel(self, task_id: str) -> tuple[bool, Task | None]:
+        """(cancelled?, the task after): queued and processing tasks become ``cancelled``; finished ones stay."""
+        return await self._run(self._cancel, task_id)
+
+    async def requeue(self, task_id: str, worker_id: str, reason: str, count_attempt: bool = False) -> bool:
+        """Give a task this worker holds back to the queue (graceful shutdown: the attempt does not count)."""
+        values: dict[str, Any] = {"status": QUEUED, "progress": 0, "status_message": "Task re-queued", "claimed_by": None, "heartbeat_at": None}
+        if not count_attempt:
+            values["attempts"] = TaskRow.attempts - 1
+        return await self._run(self._update, task_id, self._owned(worker_id), values, f"Task re-queued: {reason}", "WARNING")
+
+    def _requeue_worker(self, worker_id: str, reason: str) -> list[str]:
+        with Session(self.engine) as session:
+            task_ids = list(session.scalars(select(TaskRow.task_id).where(*self._owned(worker_id))))
+        return [task_id for task_id in task_ids
+                if self._update(task_id, self._owned(worker_id),
+                                {"status": QUEUED, "progress": 0, "status_message": "Task re-queued", "claimed_by": None,
+                                 "heartbeat_at": None, "attempts": TaskRow.attempts - 1},
+                                f"Task re-queued: {reason}", "WARNING")]
+
+    async def requeue_worker(self, worker_id: str, reason: str) -> list[str]:
+        """Every task ``worker_id`` still holds goes back to the queue (its shutdown; attempts not counted)."""
+        return await self._run(self._requeue_worker, worker_id, reason)
+
+    def _heartbeat(self, task_ids: list[str], worker_id: str) -> list[str]:
+        """Refresh the heartbeats; answer the ids that are no longer this worker's (to be stopped)."""
+        lost = []
+        now = utcnow()
+        for task_id in task_ids:
+            with Session(self.engine) as session, session.begin():
+                kept = session.execute(update(TaskRow).where(TaskRow.task_id == task_id, *self._owned(worker_id))
+                                       .values(heartbeat_at=now)).rowcount == 1
+            if not kept:
+                lost.append(task_id)
+        return lost
+
+    async def heartbeat(self, task_ids: list[str], worker_id: str) -> list[str]:
+        return await self._run(self._heartbeat, list(task_ids), worker_id)
+
+    # -- recovery --------------------------------------------------------------------------------------
+
+    def _requeue_stale(self, stale_after_s: float, exclude_worker: str | None) -> RecoveryReport:
+        report = RecoveryReport()
+        deadline = utcnow() - timedelta(seconds=stale_after_s)
+        query = select(TaskRow.task_id, TaskRow.attempts, TaskRow.claimed_by, TaskRow.heartbeat_at).where(TaskRow.status == PROCESSING)
+        with Session(self.engine) as session:
+            rows = session.execute(query).all()
+        for task_id, attempts, claimed_by, heartbeat_at in rows:
+            if exclude_worker is not None and claimed_by == exclude_worker:
+                continue
+            if heartbeat_at is not None and heartbeat_at > deadline:
+                continue  # still alive (another worker or replica is on it)
+            guard = (TaskRow.status == PROCESSING, TaskRow.claimed_by == claimed_by)
+            silent = "" if heartbeat_at is None else f" (no heartbeat since {iso_utc(heartbeat_at)})"
+            if attempts >= self.max_attempts:
+                error = (f"the server processing this task stopped {attempts} times before it finished{silent}; "
+                         f"giving up after {self.max_attempts} attempts")
+                if self._update(task_id, guard, {"status": FAILED, "status_message": "Task failed", "error": error,
+                                                 "claimed_by": None, "heartbeat_at": None}, f"Task failed: {error}", "ERROR"):
+                    report.failed.append(task_id)
+            elif self._update(task_id, guard, {"status": QUEUED, "progress": 0, "status_message": "Task re-queued",
+                                               "claimed_by": None, "heartbeat_at": None},
+                              f"Task re-queued: worker {claimed_by} stopped while processing it{silent} "
+                              f"(attempt {attempts} of {self.max_attempts})", "WARNING"):
+                report.requeued.append(task_id)
+        return report
+
+    async def requeue_stale(self, stale_after_s: float, exclude_worker: str | None = None) -> RecoveryReport:
+        """Tasks 'processing' without a heartbeat for ``stale_after_s``: their worker died. Re-queued, or
+        failed once they have been interrupted ``max_attempts`` times."""
+        return await self._run(self._requeue_stale, stale_after_s, exclude_worker)
+
+    def _remove_partial_files(self) -> int:
+        removed = 0
+        for partial_file in self.data_dir.glob(f"*/*{_PARTIAL_SUFFIX}"):
+            partial_file.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    async def recover_on_startup(self, stale_after_s: float = 0.0, exclude_worker: str | None = None) -> RecoveryReport:
+        """Run when a front end starts: half-written files are removed, and tasks left 'processing' by a dead
+        process are re-queued (or failed after ``max_attempts``). ``stale_after_s = 0`` treats every
+        processing task as orphaned (one front end per database); with several replicas pass the heartbeat
+        timeout so that the live replicas' tasks are left alone."""
+        report = await self.requeue_stale(stale_after_s, exclude_worker)
+        report.partial_files_removed = await self._run(self._remove_partial_files)
+        if report.requeued or report.failed or report.partial_files_removed:
+            log.warning("hallo2 recovery: re-queued %s, failed %s, removed %d partial files",
+                        report.requeued, report.failed, report.partial_files_removed)
+        return report
+
+    # -- inference configuration -----------------------------------------------------------------------
+
+    def _get_config(self) -> InferenceConfig:
+        with Session(self.engine) as session:
+            row = session.get(ConfigRow, 1)
+        if row is None:
+            return self.defaults
+        merged = {**self.defaults.__dict__, **{k: v for k, v in row.values.items() if k in InferenceConfig.__dataclass_fields__}}
+        return InferenceConfig(**merged)
+
+    async def get_config(self) -> InferenceConfig:
+        return await self._run(self._get_config)
+
+    def _set_config(self, changes: dict) -> InferenceConfig:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ConfigRow, 1, with_for_update=True)
+            current = dict(row.values) if row is not None else {}
+            current.update({k: v for k, v in changes.items() if v is not None})
+            if row is None:
+                session.add(ConfigRow(id=1, values=current, updated_at=utcnow()))
+            else:
+                row.values = json.loads(json.dumps(current))  # a new object: the JSON column sees the change
+                row.updated_at = utcnow()
+        return self._get_config()
+
+    async def set_config(self, **changes) -> InferenceConfig:
+        return await self._run(self._set_config, changes)
