@@ -74,3 +74,35 @@ HALLO2_FACE_EMBEDDING = "face_embedding"  # float32 [B, 512] InsightFace embeddi
 HALLO2_IMAGE_TOKENS = "image_tokens"  # float32 [B, 4, C]
 HALLO2_FACE_MASK = "face_mask"  # float32 [B, 1, F, H, W] face-region mask in [0, 1] (expanded x1.2)
 HALLO2_FACE_FEATURES = "face_features"  # float32 [B, 320, F, h, w]
+
+# Hallo2 UNets (also the ONNX graphs' names).  n = UNet levels (4; tiny 2), K = reference features (16; tiny 4),
+# R = 1 + motion frames (3), L_i / C_i = tokens / channels of reference feature i
+# (emoserve.hallo2.unet.reference_feature_layout), M_i = (h / 2^i)^2 mask tokens at level i.
+HALLO2_REFERENCE_UNET_MODEL = "hallo2_reference_unet"  # ref_latents, timestep, image_tokens -> ref_feat_*
+HALLO2_DENOISING_UNET_MODEL = "hallo2_denoising_unet"  # sample, ..., ref_feat_* -> model_output
+
+HALLO2_REF_LATENTS = "ref_latents"  # float32 [N, 4, h, w]: reference image and motion frames (N = B * R)
+HALLO2_TIMESTEP = "timestep"  # int64 [B] (the reference UNet: 0)
+HALLO2_SAMPLE = "sample"  # float32 [B, 4, F, h, w] noisy latents
+HALLO2_MODEL_OUTPUT = "model_output"  # float32 [B, 4, F, h, w] v-prediction
+HALLO2_REF_MASK = "ref_mask"  # float32 [B]: 1 = read the reference features, 0 = CFG unconditional branch
+HALLO2_REF_FEAT_PREFIX = "ref_feat_"  # ref_feat_i: reference UNet [N, L_i, C_i]; denoiser [B, R, L_i, C_i]
+HALLO2_FULL_MASK_PREFIX = "full_mask_"  # full_mask_i float32 [B, M_i] in [0, 1]
+HALLO2_FACE_MASK_PREFIX = "face_mask_"  # face_mask_i float32 [B, M_i]
+HALLO2_LIP_MASK_PREFIX = "lip_mask_"  # lip_mask_i float32 [B, M_i]
+
+# ---- Hallo2: the pipeline ---------------------------------------------------------------------------
+HALLO2_PIPELINE_MODEL = "hallo2"  # portrait + audio -> MP4, decoupled: progress responses, then the video
+HALLO2_IMAGE = "IMAGE"  # JPG/PNG bytes
+GUIDANCE_SCALE = "GUIDANCE_SCALE"
+INFERENCE_STEPS = "INFERENCE_STEPS"
+USE_CACHE = "USE_CACHE"
+PROGRESS = "PROGRESS"  # float32 percent 0..100
+STATUS_MESSAGE = "STATUS_MESSAGE"
+VIDEO_MP4 = "VIDEO_MP4"  # final response: H.264 + AAC MP4 bytes
+
+HALLO2_NETWORK_MODELS = (
+    HALLO2_VAE_ENCODER_MODEL, HALLO2_VAE_DECODER_MODEL, HALLO2_AUDIO_ENCODER_MODEL, HALLO2_AUDIO_PROJ_MODEL,
+    HALLO2_IMAGE_PROJ_MODEL, HALLO2_FACE_LOCATOR_MODEL, HALLO2_REFERENCE_UNET_MODEL, HALLO2_DENOISING_UNET_MODEL,
+)
+HALLO2_MODELS = (*HALLO2_NETWORK_MODELS, HALLO2_PIPELINE_MODEL)

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_REPOSITORY = PROJECT_ROOT / "model_repository"
 A2E_PYTHON_MODELS = (A2E_NETWORK_MODEL, A2E_STREAM_MODEL, A2E_OFFLINE_MODEL)
-SLICES = ("lam_a2e", "emotion_llama")
+SLICES = ("lam_a2e", "emotion_llama", "hallo2")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class BuildSettings:
     offline_instances: int = 2
     max_audio_seconds: float = 600.0
     # which slices go into the repository
-    slices: tuple[str, ...] = ("lam_a2e", "emotion_llama")
+    slices: tuple[str, ...] = ("lam_a2e", "emotion_llama", "hallo2")
     # Emotion-LLaMA
     llm: str = "smollm2"
     encoder_profile: str = "small"
@@ -85,6 +85,10 @@ class BuildSettings:
     max_prompt_chars: int = 2000
     pipeline_instances: int = 4
     max_video_bytes: int = 512 * 1024 * 1024
+    # Hallo2
+    hallo2_profile: str = "tiny"
+    hallo2_instances: int = 1
+    hallo2_max_audio_seconds: float = 60.0
     # HuBERT attends over the whole track: longer audio is cut to this many seconds before encoding
     emotion_audio_seconds: float = 30.0
 
@@ -168,8 +172,9 @@ def offline_config(settings: BuildSettings) -> str:
 
 def slice_models(slice_name: str) -> tuple[str, ...]:
     from export.emotion_llama_repository import EMOTION_LLAMA_MODELS
+    from emoserve.model_catalog import HALLO2_MODELS
 
-    return {"lam_a2e": A2E_PYTHON_MODELS, "emotion_llama": EMOTION_LLAMA_MODELS}[slice_name]
+    return {"lam_a2e": A2E_PYTHON_MODELS, "emotion_llama": EMOTION_LLAMA_MODELS, "hallo2": HALLO2_MODELS}[slice_name]
 
 
 def _copy_python_sources(out: Path, models: tuple[str, ...]) -> None:
@@ -226,10 +231,14 @@ def build_repository(out: Path, settings: BuildSettings) -> Path:
         _copy_python_sources(out, slice_models(slice_name))
         if slice_name == "lam_a2e":
             configs.update(_build_a2e(out, settings))
-        else:
+        elif slice_name == "emotion_llama":
             from export.emotion_llama_repository import build_emotion_llama
 
             configs.update(build_emotion_llama(out, settings))
+        else:
+            from export.hallo2_repository import build_hallo2
+
+            configs.update(build_hallo2(out, settings))
     for model, text in configs.items():
         (out / model / "config.pbtxt").write_text(text)
     manifest = {
@@ -243,6 +252,10 @@ def build_repository(out: Path, settings: BuildSettings) -> Path:
         from export.emotion_llama_repository import describe_weights
 
         manifest["emotion_llama"] = {"llm": settings.llm, "encoder_profile": settings.encoder_profile, "weights": describe_weights(settings)["all"]}
+    if "hallo2" in settings.slices:
+        from export.hallo2_repository import describe_weights as describe_hallo2
+
+        manifest["hallo2"] = {"profile": settings.hallo2_profile, "weights": describe_hallo2(settings)}
     (out / "weights.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("model repository ready at %s (%s)", out, ", ".join(sorted(configs)))
     return out
@@ -269,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-profile", choices=("full", "small", "tiny"), default="small", help="Emotion-LLaMA encoder size")
     parser.add_argument("--llama2", type=Path, default=None, help="HF Llama-2-7b-chat folder (with --llm llama2)")
     parser.add_argument("--emotion-llama-checkpoint", type=Path, default=None, help="Emotion-LLaMA checkpoint (ckpt['model'])")
+    parser.add_argument("--hallo2-profile", choices=("full", "tiny"), default="tiny", help="Hallo2 network size (full needs a GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.tensorrt and args.target != "gpu":
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = BuildSettings(
         target=args.target, profile=args.profile, seed=args.seed, checkpoint=args.weight, tensorrt=args.tensorrt,
         slices=tuple(s for s in args.slices.split(",") if s), llm=args.llm, encoder_profile=args.encoder_profile,
-        llama2_folder=args.llama2, emotion_llama_checkpoint=args.emotion_llama_checkpoint,
+        llama2_folder=args.llama2, emotion_llama_checkpoint=args.emotion_llama_checkpoint, hallo2_profile=args.hallo2_profile,
     )
     build_repository(args.out, settings)
     return 0

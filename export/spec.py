@@ -355,9 +355,10 @@ class AudioEncoderSpec(BaseNetworkSpec):
 # VAE halves, audio encoder and the three conditioning networks (emoserve.hallo2.vae / audio /
 # projections).  Every spec takes the Hallo2 profile name ("full" = upstream sizes, "tiny" = tests).
 
-from emoserve.hallo2.audio_windows import audio_frames as _hallo2_audio_frames  # noqa: E402
-from emoserve.hallo2.profile import Hallo2Profile, get_profile as _hallo2_profile  # noqa: E402
-from emoserve.model_catalog import (  # noqa: E402
+from emoserve.hallo2.audio_windows import audio_frames as _hallo2_audio_frames
+from emoserve.hallo2.profile import Hallo2Profile
+from emoserve.hallo2.profile import get_profile as _hallo2_profile
+from emoserve.model_catalog import (
     HALLO2_AUDIO,
     HALLO2_AUDIO_ENCODER_MODEL,
     HALLO2_AUDIO_FEATURES,
@@ -720,3 +721,206 @@ class FaceLocatorSpec(_Hallo2Spec):
         s = self.prof.image_size
         mask = (torch.rand(batch, 1, 1, s, s, generator=self._gen(seed)) > 0.5).to(torch.float32)
         return (mask.expand(batch, 1, frames, s, s).contiguous().to(device),)
+
+
+# ============================================================================ Hallo2 UNets
+# emoserve.hallo2.unet: the reference UNet2D (reference features as explicit outputs) and the
+# denoising UNet3D (reference features, masks and conditions as explicit inputs).
+
+from emoserve.hallo2.unet import mask_token_counts as _hallo2_mask_tokens
+from emoserve.hallo2.unet import reference_feature_layout as _hallo2_ref_layout
+from emoserve.model_catalog import (
+    HALLO2_DENOISING_UNET_MODEL,
+    HALLO2_FACE_MASK_PREFIX,
+    HALLO2_FULL_MASK_PREFIX,
+    HALLO2_LIP_MASK_PREFIX,
+    HALLO2_MODEL_OUTPUT,
+    HALLO2_REF_FEAT_PREFIX,
+    HALLO2_REF_LATENTS,
+    HALLO2_REF_MASK,
+    HALLO2_REFERENCE_UNET_MODEL,
+    HALLO2_SAMPLE,
+    HALLO2_TIMESTEP,
+)
+
+__all__ += ["ReferenceUNetSpec", "DenoisingUNetSpec"]
+
+
+def _hallo2_ref_names(profile: str) -> list[str]:
+    return [f"{HALLO2_REF_FEAT_PREFIX}{i}" for i in range(len(_hallo2_ref_layout(profile)))]
+
+
+def _hallo2_mask_names(profile: str) -> list[str]:
+    n = len(_hallo2_mask_tokens(profile))
+    return [f"{pre}{i}" for pre in (HALLO2_FULL_MASK_PREFIX, HALLO2_FACE_MASK_PREFIX, HALLO2_LIP_MASK_PREFIX)
+            for i in range(n)]
+
+
+@dataclass
+class ReferenceUNetSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.unet.ReferenceUNet2D`.
+
+    ONNX contract::
+
+        inputs : ref_latents   float32 [batch, 4, h, w]   scaled VAE latents (reference image, motion frames)
+                 timestep      int64   [batch]            upstream: 0
+                 image_tokens  float32 [batch, 4, C]      ImageProjModel output
+        outputs: ref_feat_i    float32 [batch, L_i, C_i]  i = 0..K-1 (K = 16 full / 4 tiny), the ``norm1``
+                                                          output of each spatial transformer block
+                                                          (``reference_feature_layout``)
+
+    Only the batch is dynamic (a video needs ``1 + motion_frames`` images per guidance branch).
+    """
+
+    name: str = HALLO2_REFERENCE_UNET_MODEL
+    max_batch: int = 6
+
+    def get_input_names(self) -> list[str]:
+        return [HALLO2_REF_LATENTS, HALLO2_TIMESTEP, HALLO2_IMAGE_TOKENS]
+
+    def get_output_names(self) -> list[str]:
+        return _hallo2_ref_names(self.profile)
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {name: {0: "batch"} for name in self.get_input_names() + self.get_output_names()}
+
+    def get_input_shapes(self, batch: int) -> dict[str, Shape]:
+        p = self.prof
+        return {
+            HALLO2_REF_LATENTS: (batch, p.latent_channels, p.latent_size, p.latent_size),
+            HALLO2_TIMESTEP: (batch,),
+            HALLO2_IMAGE_TOKENS: (batch, p.image_tokens, p.cross_attention_dim),
+        }
+
+    def get_input_profile(
+        self, batch_min: int | None = None, batch_opt: int | None = None, batch_max: int | None = None
+    ) -> InputProfile:
+        shapes = [self.get_input_shapes(b) for b in self._batches(batch_min, batch_opt, batch_max)]
+        return {name: [s[name] for s in shapes] for name in self.get_input_names()}
+
+    def get_output_shapes(self, batch: int) -> list[Shape]:
+        return [(batch, tokens, ch) for _, tokens, ch in _hallo2_ref_layout(self.profile)]
+
+    def get_sample_input(
+        self, batch: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Latents ~ N(0, 1), timestep 0 (as upstream), tokens ~ N(0, 1)."""
+        self._need(batch >= 1, f"need batch >= 1, got {batch}")
+        g = self._gen(seed)
+        s = self.get_input_shapes(batch)
+        return (
+            torch.randn(s[HALLO2_REF_LATENTS], generator=g).to(device),
+            torch.zeros(batch, dtype=torch.int64, device=device),
+            torch.randn(s[HALLO2_IMAGE_TOKENS], generator=g).to(device),
+        )
+
+
+@dataclass
+class DenoisingUNetSpec(_Hallo2Spec):
+    """Spec of :class:`emoserve.hallo2.unet.DenoisingUNet3D`.
+
+    ONNX contract (input order as listed)::
+
+        inputs : sample         float32 [batch, 4, frames, h, w]   noisy latents
+                 timestep       int64   [batch]
+                 image_tokens   float32 [batch, 4, C]              (CFG uncond: image_proj(zeros))
+                 audio_tokens   float32 [batch, frames, 32, C]     (uncond: zeros)
+                 face_features  float32 [batch, C0, frames, h, w]  face locator output (uncond: zeros)
+                 full_mask_i, face_mask_i, lip_mask_i  float32 [batch, (h/2^i)^2]  i = 0..n-1
+                 ref_mask       float32 [batch]                    1 = cond (reads the reference), 0 = uncond
+                 ref_feat_i     float32 [batch, 1 + motion_frames, L_i, C_i]  i = 0..K-1
+        output : model_output   float32 [batch, 4, frames, h, w]   v-prediction
+
+    Dynamic: batch (everywhere) and frames (``sample``, ``audio_tokens``, ``face_features``,
+    ``model_output``); ``frames + motion_frames <= motion_max_positions`` (32).
+    TensorRT profile defaults: batch 1/2/``max_batch`` (2 = one CFG pair); frames 1 / clip / clip.
+    """
+
+    name: str = HALLO2_DENOISING_UNET_MODEL
+    max_batch: int = 4
+    opt_batch: int = 2
+    export_shape: tuple[int, ...] = (2, 5)
+
+    def get_input_names(self) -> list[str]:
+        return (
+            [HALLO2_SAMPLE, HALLO2_TIMESTEP, HALLO2_IMAGE_TOKENS, HALLO2_AUDIO_TOKENS, HALLO2_FACE_FEATURES]
+            + _hallo2_mask_names(self.profile)
+            + [HALLO2_REF_MASK]
+            + _hallo2_ref_names(self.profile)
+        )
+
+    def get_output_names(self) -> list[str]:
+        return [HALLO2_MODEL_OUTPUT]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in self.get_input_names()}
+        for name, axis in ((HALLO2_SAMPLE, 2), (HALLO2_AUDIO_TOKENS, 1), (HALLO2_FACE_FEATURES, 2)):
+            axes[name] = {0: "batch", axis: "frames"}
+        axes[HALLO2_MODEL_OUTPUT] = {0: "batch", 2: "frames"}
+        return axes
+
+    def get_input_shapes(self, batch: int, frames: int) -> dict[str, Shape]:
+        p = self.prof
+        s = p.latent_size
+        shapes: dict[str, Shape] = {
+            HALLO2_SAMPLE: (batch, p.latent_channels, frames, s, s),
+            HALLO2_TIMESTEP: (batch,),
+            HALLO2_IMAGE_TOKENS: (batch, p.image_tokens, p.cross_attention_dim),
+            HALLO2_AUDIO_TOKENS: (batch, frames, p.audio_tokens, p.audio_token_dim),
+            HALLO2_FACE_FEATURES: (batch, p.face_locator_channels, frames, s, s),
+        }
+        tokens = _hallo2_mask_tokens(self.profile)
+        for name in _hallo2_mask_names(self.profile):
+            shapes[name] = (batch, tokens[int(name.rsplit("_", 1)[1])])
+        shapes[HALLO2_REF_MASK] = (batch,)
+        for name, (_, n_tok, ch) in zip(_hallo2_ref_names(self.profile), _hallo2_ref_layout(self.profile)):
+            shapes[name] = (batch, 1 + p.motion_frames, n_tok, ch)
+        return shapes
+
+    def get_input_profile(
+        self,
+        batch_min: int | None = None,
+        batch_opt: int | None = None,
+        batch_max: int | None = None,
+        frames_min: int = 1,
+        frames_opt: int | None = None,
+        frames_max: int | None = None,
+    ) -> InputProfile:
+        b = self._batches(batch_min, batch_opt, batch_max)
+        p = self.prof
+        f = (frames_min, _pick(p.clip_frames, frames_opt), _pick(p.clip_frames, frames_max))
+        self._check_range("frames", f, lower=1)
+        self._need(f[2] + p.motion_frames <= p.motion_max_positions,
+                   f"frames + motion frames must be <= {p.motion_max_positions}")
+        shapes = [self.get_input_shapes(x, y) for x, y in zip(b, f)]
+        return {name: [s[name] for s in shapes] for name in self.get_input_names()}
+
+    def get_output_shapes(self, batch: int, frames: int) -> list[Shape]:
+        return [self.get_input_shapes(batch, frames)[HALLO2_SAMPLE]]
+
+    def get_sample_input(
+        self, batch: int, frames: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor, ...]:
+        """Deterministic inputs: Gaussian latents / tokens / features (reference features ~ N(0, 1), like
+        LayerNorm outputs), binary-ish masks, timesteps in [0, 1000), ``ref_mask`` alternating 0, 1, ..."""
+        p = self.prof
+        self._need(batch >= 1 and frames >= 1, f"need batch >= 1 and frames >= 1, got ({batch}, {frames})")
+        self._need(frames + p.motion_frames <= p.motion_max_positions,
+                   f"frames + motion frames must be <= {p.motion_max_positions}")
+        g = self._gen(seed)
+        out: list[Tensor] = []
+        for name, shape in self.get_input_shapes(batch, frames).items():
+            if name == HALLO2_TIMESTEP:
+                t = torch.randint(0, 1000, shape, generator=g, dtype=torch.int64)
+            elif name == HALLO2_REF_MASK:
+                t = (torch.arange(batch) % 2).to(torch.float32)
+            elif name in (HALLO2_SAMPLE, HALLO2_AUDIO_TOKENS, HALLO2_IMAGE_TOKENS) or name.startswith(
+                HALLO2_REF_FEAT_PREFIX
+            ):
+                t = torch.randn(shape, generator=g)
+            elif name == HALLO2_FACE_FEATURES:
+                t = torch.randn(shape, generator=g) * 0.5
+            else:  # masks
+                t = (torch.rand(shape, generator=g) > 0.4).to(torch.float32)
+            out.append(t.to(device))
+        return tuple(out)

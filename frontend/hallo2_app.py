@@ -33,15 +33,17 @@ their ``gpus`` list; names and memory are not in a model config, so they stay nu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Awaitable, Callable
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from emoserve.model_catalog import HALLO2_PIPELINE_MODEL
 from frontend.config import Settings
 from frontend.hallo2_tasks import InferenceConfig, TaskStore
 from frontend.hallo2_worker import Hallo2Runner, TaskWorker
@@ -50,14 +52,14 @@ from frontend.routers.hallo2 import GpuDevice, GpuInfo
 
 log = logging.getLogger(__name__)
 
-HALLO2_MODEL = "hallo2"  # the Triton model (pipeline) the runner calls; health reports "degraded" without it
+HALLO2_MODEL = HALLO2_PIPELINE_MODEL  # the Triton model the runner calls; health reports "degraded" without it
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 ModelsProbe = Callable[[], Awaitable[list[str]]]
 GpuProbe = Callable[[], Awaitable[GpuInfo]]
 
 
-def triton_gpu_probe(app: FastAPI, model: str = HALLO2_MODEL) -> GpuProbe:
+def triton_gpu_probe(app: FastAPI, model: str = HALLO2_MODEL, timeout_s: float = 5.0) -> GpuProbe:
     """GPU facts from the model's Triton config (as the LAM-A2E router's health does)."""
     cache: dict[str, GpuInfo] = {}
 
@@ -68,7 +70,7 @@ def triton_gpu_probe(app: FastAPI, model: str = HALLO2_MODEL) -> GpuProbe:
         if engine is None:
             return GpuInfo()
         try:
-            config = (await engine.client.get_model_config(model, as_json=True))["config"]
+            config = (await asyncio.wait_for(engine.client.get_model_config(model, as_json=True), timeout_s))["config"]
         except Exception:
             return GpuInfo()  # not loaded yet: ask again next time
         groups = [g for g in config.get("instance_group", []) if g.get("kind", "KIND_CPU") in ("KIND_GPU", "KIND_AUTO")]

@@ -29,16 +29,31 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, create_engine, event, func, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +151,7 @@ class Task:
     attempts: int = 0
 
     @classmethod
-    def of(cls, row: TaskRow) -> "Task":
+    def of(cls, row: TaskRow) -> Task:
         return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
 
     @property
@@ -171,8 +186,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with open(partial_path, "wb") as handle:
             view = memoryview(data)
-            for offset in range(0, len(view), _WRITE_BLOCK):
-                handle.write(view[offset:offset + _WRITE_BLOCK])
+            handle.writelines(view[offset:offset + _WRITE_BLOCK] for offset in range(0, len(view), _WRITE_BLOCK))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial_path, path)
@@ -203,7 +217,9 @@ def make_engine(database_url: str) -> Engine:
         database = url.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        in_memory = not database or database == ":memory:"
+        extra = {"poolclass": StaticPool} if in_memory else {}  # one shared connection: every thread sees the same tables
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **extra)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)

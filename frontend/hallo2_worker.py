@@ -32,9 +32,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import anyio
 
@@ -204,8 +204,8 @@ class TaskWorker:
         task = entry.task
         try:
             await self._run_task(entry)
-        except Exception as exc:  # bookkeeping itself failed (database down): the stale sweep retries the task later
-            log.exception("hallo2 task %s: bookkeeping failed: %s", task.task_id, exc)
+        except Exception:  # bookkeeping itself failed (database down): the stale sweep retries the task later
+            log.exception("hallo2 task %s: bookkeeping failed", task.task_id)
         finally:
             self.running.pop(task.task_id, None)
             self._wake.set()  # a slot is free

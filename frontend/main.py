@@ -12,7 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from frontend.config import Settings
-from frontend.errors import install_error_handlers
+from emoserve.model_catalog import HALLO2_MODELS, HALLO2_PIPELINE_MODEL
+from frontend.errors import ServiceUnavailable, install_error_handlers
+from frontend.hallo2_app import install_hallo2
+from frontend.hallo2_worker import TaskInputs
 from frontend.routers import emotion_llama, lam_a2e
 from frontend.sessions import SessionRegistry, StreamSession
 from frontend.triton import TritonEngine
@@ -49,7 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Emotion-AI serving stack",
-        description="LAM-A2E (audio → ARKit blendshapes) and Emotion-LLaMA (video + prompt → text) served by NVIDIA Triton Inference Server.",
+        description="LAM-A2E (audio → ARKit blendshapes), Emotion-LLaMA (video + prompt → text) and Hallo2 (portrait + audio → "
+        "talking-head video) served by NVIDIA Triton Inference Server.",
         version=lam_a2e.SERVICE_VERSION,
         lifespan=lifespan,
     )
@@ -60,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):
         declared = request.headers.get("content-length")
-        limit = max(settings.max_upload_bytes, settings.max_chunk_bytes, settings.max_video_bytes) + _MULTIPART_OVERHEAD_BYTES
+        limit = max(settings.max_upload_bytes, settings.max_chunk_bytes, settings.max_video_bytes, settings.max_hallo2_upload_bytes)
+        limit += _MULTIPART_OVERHEAD_BYTES
         if declared and declared.isdigit() and int(declared) > limit:
             return JSONResponse({"detail": f"request body of {declared} bytes exceeds the {limit} byte limit"}, status_code=413)
         return await call_next(request)
@@ -68,4 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(lam_a2e.router)
     app.include_router(lam_a2e.protected)
     app.include_router(emotion_llama.router)
+
+    async def hallo2_runner(inputs: TaskInputs, progress, cancel: asyncio.Event) -> bytes:
+        engine = app.state.engine
+        if engine is None:
+            raise ServiceUnavailable("model not initialised: the Triton client is not connected")
+        video, _ = await engine.run_hallo2(
+            inputs.image, inputs.audio, steps=inputs.inference_steps, guidance_scale=inputs.guidance_scale,
+            use_cache=inputs.use_cache, progress=progress, cancel=cancel,
+        )
+        return video
+
+    async def hallo2_models() -> list[str]:
+        engine = app.state.engine
+        return [HALLO2_PIPELINE_MODEL] if engine is not None and await engine.models_ready(HALLO2_MODELS) else []
+
+    install_hallo2(app, settings, hallo2_runner, hallo2_models)
     return app

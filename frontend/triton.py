@@ -5,6 +5,7 @@ Triton's own errors are mapped to the API's typed errors here, and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -14,6 +15,15 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from emoserve.model_catalog import (
+    AUDIO_BYTES,
+    GUIDANCE_SCALE,
+    HALLO2_IMAGE,
+    HALLO2_PIPELINE_MODEL,
+    INFERENCE_STEPS,
+    PROGRESS,
+    STATUS_MESSAGE,
+    USE_CACHE,
+    VIDEO_MP4,
     EMOTION_PIPELINE_MODEL,
     MAX_NEW_TOKENS,
     PROMPT,
@@ -223,4 +233,60 @@ class TritonEngine:
         except InferenceServerException as exc:
             raise map_triton_error(exc, "Emotion-LLaMA") from None
         finally:
+            stream.cancel()
+
+    async def run_hallo2(
+        self,
+        image: bytes,
+        audio: bytes,
+        *,
+        steps: int,
+        guidance_scale: float,
+        use_cache: bool,
+        progress,
+        cancel: asyncio.Event,
+        seed: int | None = None,
+    ) -> tuple[bytes, dict]:
+        """Stream the ``hallo2`` pipeline: ``await progress(percent, message)`` per step; the MP4 at the end.
+
+        Setting ``cancel`` cancels the gRPC call, which Triton passes to the pipeline as a cancelled request
+        (it stops between denoising steps); :class:`asyncio.CancelledError` is raised here then.
+        """
+        inputs = [
+            _tensor(HALLO2_IMAGE, np.array([image], dtype=np.object_), batched=False),
+            _tensor(AUDIO_BYTES, np.array([audio], dtype=np.object_), batched=False),
+            _tensor(INFERENCE_STEPS, np.array([steps], np.int32), batched=False),
+            _tensor(GUIDANCE_SCALE, np.array([guidance_scale], np.float32), batched=False),
+            _tensor(USE_CACHE, np.array([use_cache], np.bool_), batched=False),
+        ]
+        if seed is not None:
+            inputs.append(_tensor(SEED, np.array([seed], np.uint64), batched=False))
+
+        async def requests():
+            yield {"model_name": HALLO2_PIPELINE_MODEL, "inputs": inputs}
+
+        stream = self.client.stream_infer(requests())
+        watcher = asyncio.create_task(cancel.wait())
+        try:
+            iterator = stream.__aiter__()
+            while True:
+                step = asyncio.ensure_future(iterator.__anext__())
+                done, _ = await asyncio.wait({step, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if watcher in done:
+                    step.cancel()
+                    raise asyncio.CancelledError("Hallo2 task cancelled")
+                try:
+                    result, error = step.result()
+                except StopAsyncIteration:
+                    raise InferenceFailed("Hallo2: the stream ended without a video") from None
+                if error is not None:
+                    raise map_triton_error(error, "Hallo2")
+                video = result.as_numpy(VIDEO_MP4)
+                if video is not None:
+                    return bytes(video.reshape(-1)[0]), json.loads(result.as_numpy(RESULT_METADATA).reshape(-1)[0])
+                await progress(float(result.as_numpy(PROGRESS).reshape(-1)[0]), result.as_numpy(STATUS_MESSAGE).reshape(-1)[0].decode())
+        except InferenceServerException as exc:
+            raise map_triton_error(exc, "Hallo2") from None
+        finally:
+            watcher.cancel()
             stream.cancel()

@@ -32,6 +32,23 @@ def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000, with_pa
     return audio.astype(np.float32)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hallo2_task_database(tmp_path_factory):
+    """Front ends started by the tests keep their Hallo2 tasks in a throwaway database, not in ./data."""
+    import os
+
+    folder = tmp_path_factory.mktemp("hallo2_default")
+    saved = {key: os.environ.get(key) for key in ("EMOSERVE_HALLO2_DATABASE_URL", "EMOSERVE_HALLO2_DATA_DIR")}
+    os.environ["EMOSERVE_HALLO2_DATABASE_URL"] = f"sqlite:///{folder / 'tasks.db'}"
+    os.environ["EMOSERVE_HALLO2_DATA_DIR"] = str(folder / "tasks")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory) -> Path:
     from export.build_repository import BuildSettings, build_repository

@@ -36,7 +36,13 @@ from torch import Tensor, nn
 
 from emoserve.hallo2.audio_windows import FPS, SAMPLE_RATE, audio_frames
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
-from emoserve.hallo2.state_dicts import check_and_load, preview, read_state_dict, record_checkpoint, sha256_file
+from emoserve.hallo2.state_dicts import (
+    check_and_load,
+    preview,
+    read_state_dict,
+    record_checkpoint,
+    sha256_file,
+)
 from emoserve.nn.wav2vec2 import (
     Wav2Vec2Config,
     Wav2Vec2Encoder,
@@ -99,8 +105,13 @@ def normalize_audio(audio: Tensor, eps: float = AUDIO_NORM_EPS) -> Tensor:
 def _num_frames(num_samples: Tensor | int) -> Tensor | int:
     """``ceil(S / 16000 * 25)`` in float64 (upstream's formula); symbolic under tracing."""
     if isinstance(num_samples, Tensor):
-        s = num_samples.to(torch.float64)
-        return torch.ceil(s / SAMPLE_RATE * FPS).to(torch.int64)
+        # Explicit float64 constants: Python scalars would be exported as float32 constants, and float32
+        # rounding differs from upstream's float64 (e.g. 4480 samples -> 7 instead of 8 frames).
+        # 1-element (not 0-d) tensors: the exporter's scalar type analysis casts 0-d operands to float32.
+        s = num_samples.reshape(1).to(torch.float64)
+        rate = torch.full((1,), float(SAMPLE_RATE), dtype=torch.float64)
+        fps = torch.full((1,), float(FPS), dtype=torch.float64)
+        return torch.ceil(s / rate * fps).to(torch.int64)[0]
     return audio_frames(int(num_samples))
 
 

@@ -26,7 +26,7 @@ def audio_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FP
     """``ceil(num_samples / sample_rate * fps)`` with upstream's float64 arithmetic (same order of ops)."""
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    return int(math.ceil(float(num_samples) / sample_rate * fps))
+    return math.ceil(float(num_samples) / sample_rate * fps)
 
 
 def window_indices(num_frames: int, window: int = WINDOW, frames: int | None = None) -> np.ndarray:

@@ -36,8 +36,9 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -319,8 +320,14 @@ class Hallo2Pipeline:
             seq_len = num_video_frames(seg.size, p.fps)
             if i == len(segments) - 1 and (total + seq_len) % p.clip_frames:
                 pad = p.clip_frames - (total + seq_len) % p.clip_frames
-                seg = np.concatenate([seg, np.zeros(pad * hop, np.float32)])
                 seq_len += pad
+                # upstream appends pad * 640 zeros and passes seq_len explicitly; the audio encoder here
+                # derives its frame count from the length with the same float formula, which rounds some
+                # exact multiples of 640 up (17920 samples -> 29 frames), so drop the few samples needed
+                padded = seg.size + pad * hop
+                while num_video_frames(padded, p.fps) > seq_len:
+                    padded -= 1
+                seg = np.concatenate([seg, np.zeros(padded - seg.size, np.float32)])
             feats = np.asarray(self.networks.audio_features(seg), np.float32)
             if feats.shape[0] != seq_len:
                 raise RuntimeError(f"audio_features returned {feats.shape[0]} frames for {seg.size} samples, expected {seq_len}")

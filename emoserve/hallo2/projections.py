@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
-from emoserve.hallo2.state_dicts import check_and_load, read_state_dict, record_checkpoint, sha256_file
+from emoserve.hallo2.state_dicts import (
+    check_and_load,
+    read_state_dict,
+    record_checkpoint,
+    sha256_file,
+)
 
 __all__ = [
     "AudioProjModel",
@@ -168,7 +173,7 @@ class Hallo2Projections:
     def modules(self) -> dict[str, nn.Module]:
         return {"audio_proj": self.audio_proj, "image_proj": self.image_proj, "face_locator": self.face_locator}
 
-    def eval(self) -> "Hallo2Projections":
+    def eval(self) -> Hallo2Projections:
         for m in self.modules().values():
             m.eval()
         return self
@@ -236,7 +241,7 @@ def load_projections(
     else:
         raw, file = read_state_dict(Path(src), ("net.pth",), weights_only=weights_only)
         digest, where = sha256_file(file), str(file)
-    raw = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in raw.items()}
+    raw = {(k.removeprefix("module.")): v for k, v in raw.items()}
     targets: dict[str, tuple[nn.Module, str]] = {
         "audio_proj": (proj.audio_proj, NET_PREFIXES["audio_proj"]),
         "image_proj": (proj.image_proj, NET_PREFIXES["image_proj"]),

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DDIMConfig", "DDIMScheduler", "HALLO2_DDIM", "rescale_zero_terminal_snr"]
+__all__ = ["HALLO2_DDIM", "DDIMConfig", "DDIMScheduler", "rescale_zero_terminal_snr"]
 
 
 @dataclass(frozen=True)

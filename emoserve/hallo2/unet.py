@@ -35,6 +35,12 @@ Upstream quirks reproduced on purpose (they define what the released weights wer
   the "checkpointed" branch: cross-attention blocks concatenate the motion-frame features before their
   motion modules, while ``DownBlock3D`` / ``UpBlock3D`` skip their motion modules (their weights exist and
   load, but are unused).  ``plain_block_motion_modules=True`` runs them (upstream's eval-mode branch).
+* upstream's read hook tiles the reference features over the flattened ``(B F)`` rows with
+  ``[:, 0].repeat(1, F, 1, 1)``, so row ``b*F + k`` reads video ``(b*F + k) mod B``'s reference (with CFG,
+  ``B = 2``, the conditional frames alternately read the reference features computed with the unconditional
+  and the conditional image tokens).  By default every video reads its own reference (the only sound choice
+  when a server batch mixes requests); ``upstream_ref_tiling=True`` reproduces upstream exactly for a batch
+  that is one ``[uncond, cond]`` pair.
 * the audio cross-attention is three attentions (``attn2_0/1/2``) weighted by the full/face/lip masks of the
   block's resolution (mask level = block depth: down ``i``, mid ``n-1``, up ``n-1-i``), each followed by a
   1x1 ``zero_conv_*``, summed with weights ``motion_scale`` (upstream: pose/face/lip weights, all 1.0).
@@ -76,6 +82,7 @@ per-element std of order 1 like a trained v-prediction model's, instead of ~0.1 
 
 _NORM_EPS = 1e-5  # UNet resnets / conv_norm_out (SD1.5 ``norm_eps``)
 _ATTN_NORM_EPS = 1e-6  # GroupNorm of the (spatial / audio / temporal) transformers
+_MOTION_GROUPS = 32  # upstream's TemporalTransformer3DModel keeps its default norm_num_groups=32 in every profile
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,7 +510,7 @@ def _make_mid_block(p: Hallo2Profile, ch: int, temb: int, *, video: bool) -> _Bl
 
 
 def _motion(p: Hallo2Profile, ch: int) -> VanillaTemporalModule:
-    return VanillaTemporalModule(ch, p.motion_heads, p.motion_max_positions, p.norm_num_groups, p.motion_layers)
+    return VanillaTemporalModule(ch, p.motion_heads, p.motion_max_positions, min(_MOTION_GROUPS, ch), p.motion_layers)
 
 
 class _UNetBase(nn.Module):
@@ -617,6 +624,7 @@ class DenoisingUNet3D(_UNetBase):
         *,
         motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
         plain_block_motion_modules: bool = False,
+        upstream_ref_tiling: bool = False,
     ) -> None:
         super().__init__(profile, video=True)
         p = self.profile
@@ -625,6 +633,7 @@ class DenoisingUNet3D(_UNetBase):
         self.conv_out = nn.Conv2d(p.unet_block_out_channels[0], p.latent_channels, 3, padding=1)
         self.motion_scale = tuple(float(s) for s in motion_scale)
         self.plain_block_motion_modules = bool(plain_block_motion_modules)
+        self.upstream_ref_tiling = bool(upstream_ref_tiling)
         self.num_levels = len(p.unet_block_out_channels)
         self.provenance["component"] = "denoising_unet"
 
@@ -686,7 +695,12 @@ class DenoisingUNet3D(_UNetBase):
         masks = [tuple(per_frame(m[i]) for m in (full_m, face_m, lip_m)) for i in range(n)]
         ref_keep = per_frame(ref_mask.to(sample.dtype))
         # reference image features per frame, motion-frame features per video
-        spatial_refs = [per_frame(r[:, 0]) for r in refs]
+        if self.upstream_ref_tiling:
+            # upstream's ``[:, 0].repeat(1, F, 1, 1)`` tiles the batch: row b*F+k reads video (b*F+k) mod B
+            src = torch.arange(b * frames, device=sample.device) % b
+            spatial_refs = [r[:, 0].index_select(0, src) for r in refs]
+        else:
+            spatial_refs = [per_frame(r[:, 0]) for r in refs]
         motion_refs = [r[:, 1:] for r in refs]
 
         x = sample.transpose(1, 2).reshape(-1, c, h, w)
@@ -724,7 +738,7 @@ class DenoisingUNet3D(_UNetBase):
             if blk.upsamplers is not None:
                 x = blk.upsamplers[0](x)
         x = self.conv_out(self.conv_act(self.conv_norm_out(x)))
-        return x.reshape(b, frames, -1, h, w).transpose(1, 2)
+        return x.reshape(b, frames, self.profile.latent_channels, h, w).transpose(1, 2)
 
     def _attend(self, blk: _Block, j: int, x: Tensor, ctx: Tensor, audio: Tensor,
                 masks: tuple[Tensor, Tensor, Tensor], ref: Tensor, motion_ref: Tensor, ref_keep: Tensor) -> Tensor:

@@ -40,7 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
-from emoserve.hallo2.state_dicts import check_and_load, read_state_dict, record_checkpoint, sha256_file
+from emoserve.hallo2.state_dicts import (
+    check_and_load,
+    read_state_dict,
+    record_checkpoint,
+    sha256_file,
+)
 
 __all__ = [
     "ResnetBlock2D",
@@ -259,10 +264,10 @@ class AutoencoderKL(nn.Module):
         """Unscaled latents -> unclamped decoder output."""
         return self.decoder(self.post_quant_conv(z))
 
-    def encoder_net(self) -> "VaeEncoder":
+    def encoder_net(self) -> VaeEncoder:
         return VaeEncoder(self)
 
-    def decoder_net(self) -> "VaeDecoder":
+    def decoder_net(self) -> VaeDecoder:
         return VaeDecoder(self)
 
 

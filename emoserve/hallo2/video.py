@@ -14,7 +14,7 @@ import numpy as np
 
 from emoserve.media import encode_video
 
-__all__ = ["ImageDecodeError", "ImageInfo", "decode_image", "mux_mp4", "probe_image", "MAX_IMAGE_PIXELS"]
+__all__ = ["MAX_IMAGE_PIXELS", "ImageDecodeError", "ImageInfo", "decode_image", "mux_mp4", "probe_image"]
 
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs (~ 6300 x 6300)
 MIN_IMAGE_SIDE = 8

@@ -35,7 +35,16 @@ from frontend.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
-from frontend.hallo2_tasks import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED, STATUSES, Task, iso_utc
+from frontend.hallo2_tasks import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    STATUSES,
+    Task,
+    iso_utc,
+)
 
 if TYPE_CHECKING:
     from frontend.hallo2_app import Hallo2Service
@@ -61,7 +70,7 @@ public = APIRouter(tags=["Hallo2", ERROR_CODE_TAG])
 router = APIRouter(prefix="/api/v1", tags=["Hallo2", ERROR_CODE_TAG], dependencies=[Depends(require_api_key)])
 
 
-def get_service(request: Request) -> "Hallo2Service":
+def get_service(request: Request) -> Hallo2Service:
     service = getattr(request.app.state, "hallo2", None)
     if service is None or service.store is None:
         raise ServiceUnavailable("the Hallo2 task service is not running", error_code=Codes.SERVICE_NOT_READY)
@@ -237,7 +246,7 @@ def known_task_id(task_id: str) -> str:
         raise NotFound(f"Task {task_id} not found", error_code=Codes.TASK_NOT_FOUND) from None
 
 
-async def existing_task(service: "Hallo2Service", task_id: str) -> Task:
+async def existing_task(service: Hallo2Service, task_id: str) -> Task:
     task = await service.store.get(known_task_id(task_id))
     if task is None:
         raise NotFound(f"Task {task_id} not found", error_code=Codes.TASK_NOT_FOUND)

@@ -83,7 +83,7 @@ def test_vae_parameter_names_follow_diffusers(vae) -> None:
         "encoder.conv_norm_out.weight",
         "quant_conv.weight",
         "post_quant_conv.weight",
-        "decoder.up_blocks.0.resnets.2.conv1.weight",
+        f"decoder.up_blocks.0.resnets.{P.vae_layers_per_block}.conv1.weight",  # layers_per_block + 1
         "decoder.up_blocks.0.upsamplers.0.conv.weight",
         "decoder.conv_out.bias",
     ):

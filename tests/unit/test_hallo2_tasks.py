@@ -60,7 +60,7 @@ async def statuses(store: TaskStore, task_ids: list[str]) -> list[str]:
 
 
 def fast_worker(store: TaskStore, runner, max_concurrent_tasks: int = 1, **kwargs) -> TaskWorker:
-    options = dict(poll_interval_s=0.05, heartbeat_interval_s=0.1, stale_after_s=30.0, cancel_grace_s=0.5)
+    options = {"poll_interval_s": 0.05, "heartbeat_interval_s": 0.1, "stale_after_s": 30.0, "cancel_grace_s": 0.5}
     options.update(kwargs)
     return TaskWorker(store, runner, max_concurrent_tasks, **options)
 
