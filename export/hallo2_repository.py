@@ -8,6 +8,7 @@ decoupled) runs the DDIM loop and calls the networks through BLS.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,7 @@ from export.pbtxt import onnx_network_header, onnx_tensors, optional_scalars, pa
 if TYPE_CHECKING:
     from export.build_repository import BuildSettings
 
-# BLS requests larger than this are split by the pipeline (e.g. decoding a 16-frame clip at once)
+# BLS requests larger than a network's max batch are split by the pipeline (e.g. decoding a 16-frame clip)
 NETWORK_MAX_BATCH = 8
 
 
@@ -69,10 +70,11 @@ def describe_weights(settings: "BuildSettings") -> str:
     return f"{settings.hallo2_profile} profile, seeded-random (seed {settings.seed}) - NOT a trained model"
 
 
-def network_config(settings: "BuildSettings", name: str, onnx_path: Path, weights: str) -> str:
+def network_config(settings: "BuildSettings", name: str, onnx_path: Path, weights: str, max_batch: int = NETWORK_MAX_BATCH) -> str:
     inputs, outputs = onnx_tensors(onnx_path, reshape_per_item_scalars=settings.target == "gpu")
     return "\n".join([
-        *onnx_network_header(name, settings, max_batch=NETWORK_MAX_BATCH, queue_delay_us=1000),
+        *onnx_network_header(name, settings, max_batch=max_batch, queue_delay_us=1000,
+                             tensorrt=settings.tensorrt and settings.target == "gpu"),
         *tensor_block("input", inputs),
         *tensor_block("output", outputs),
         parameter(WEIGHTS_PARAMETER, weights),
@@ -80,7 +82,7 @@ def network_config(settings: "BuildSettings", name: str, onnx_path: Path, weight
     ])
 
 
-def pipeline_config(settings: "BuildSettings", reference_features: int, weights: str) -> str:
+def pipeline_config(settings: "BuildSettings", reference_features: int, weights: str, max_batches: dict[str, int]) -> str:
     inputs = [
         tensor(HALLO2_IMAGE, "TYPE_STRING", "1"),
         tensor(AUDIO_BYTES, "TYPE_STRING", "1"),
@@ -102,7 +104,8 @@ def pipeline_config(settings: "BuildSettings", reference_features: int, weights:
         f"instance_group [ {{ count: {settings.hallo2_instances} kind: KIND_CPU }} ]",
         parameter("profile", settings.hallo2_profile),
         parameter("reference_features", reference_features),
-        parameter("network_max_batch", NETWORK_MAX_BATCH),
+        # JSON {model: max batch}: the pipeline splits larger BLS requests
+        "parameters { key: \"network_max_batch\" value: { string_value: '" + json.dumps(max_batches) + "' } }",
         parameter("max_audio_seconds", settings.hallo2_max_audio_seconds),
         parameter(WEIGHTS_PARAMETER, weights),
         "",
@@ -114,13 +117,22 @@ def build_hallo2(out: Path, settings: "BuildSettings") -> dict[str, str]:
 
     weights = describe_weights(settings)
     configs: dict[str, str] = {}
+    max_batches: dict[str, int] = {}
     reference_features = 0
     for name, (network, spec) in _networks(settings).items():
         onnx_path = export_onnx(network.eval(), spec, out / name / "1" / "model.onnx")
+        max_batch = NETWORK_MAX_BATCH
         if settings.target == "gpu":
             (onnx_path.parent / "model.py").unlink(missing_ok=True)
-        configs[name] = network_config(settings, name, onnx_path, weights)
+            if settings.tensorrt:
+                from export.tensorrt import build_plan
+
+                # the plan's profile comes from the same spec as the export; Triton may not batch past it
+                build_plan(onnx_path, onnx_path.with_name("model.plan"), spec.get_input_profile(), fp16=True)
+                max_batch = min(max_batch, spec.max_batch)
+        configs[name] = network_config(settings, name, onnx_path, weights, max_batch)
+        max_batches[name] = max_batch
         if name == HALLO2_REFERENCE_UNET_MODEL:
             reference_features = len(spec.get_output_names())
-    configs[HALLO2_PIPELINE_MODEL] = pipeline_config(settings, reference_features, weights)
+    configs[HALLO2_PIPELINE_MODEL] = pipeline_config(settings, reference_features, weights, max_batches)
     return configs

@@ -34,18 +34,10 @@ def _tensorrt():
     return trt
 
 
-def build_a2e_plan(
-    onnx_path: Path,
-    plan_path: Path,
-    max_batch: int = 16,
-    max_samples: int = 160_000,
-    fp16: bool = False,
-    workspace_bytes: int = 2 << 30,
-) -> Path:
-    """Build (or reuse, when the sidecar matches) a serialized TensorRT engine for ``onnx_path``."""
+def build_plan(onnx_path: Path, plan_path: Path, profile_shapes: dict, fp16: bool = False, workspace_bytes: int = 2 << 30) -> Path:
+    """Build (or reuse, when the sidecar matches) a serialized TensorRT engine with ONE optimisation
+    profile, ``{input name: [min, opt, max] shapes}`` — what every spec's ``get_input_profile`` returns."""
     trt = _tensorrt()
-    spec = A2ENetworkSpec(max_batch=max_batch, max_samples=max_samples)
-    profile_shapes = spec.get_input_profile()
     fingerprint = {
         "onnx_bytes": Path(onnx_path).stat().st_size,
         "onnx_mtime_ns": Path(onnx_path).stat().st_mtime_ns,
@@ -75,13 +67,18 @@ def build_a2e_plan(
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError("TensorRT failed to build the A2E engine (see the TensorRT log above)")
+        raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path} (see the TensorRT log above)")
     tmp = Path(plan_path).with_suffix(".plan.tmp")
     tmp.write_bytes(bytes(serialized))
     tmp.replace(plan_path)
     sidecar.write_text(json.dumps(fingerprint, indent=2))
     log.info("built TensorRT plan %s", plan_path)
     return Path(plan_path)
+
+
+def build_a2e_plan(onnx_path: Path, plan_path: Path, max_batch: int = 16, max_samples: int = 160_000, fp16: bool = False) -> Path:
+    spec = A2ENetworkSpec(max_batch=max_batch, max_samples=max_samples)
+    return build_plan(onnx_path, plan_path, spec.get_input_profile(), fp16=fp16)
 
 
 def validate_plan(plan_path: Path, onnx_path: Path, shapes: list[tuple[int, int]], atol: float = 1e-3) -> float:

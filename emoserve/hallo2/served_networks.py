@@ -99,8 +99,8 @@ def onnx_caller(repository: Path, intra_op_threads: int = 0) -> Caller:
     return call
 
 
-def bls_caller(pb_utils, max_batch: int) -> Caller:
-    """Triton BLS calls; batches over ``max_batch`` are sent in order as several requests."""
+def bls_caller(pb_utils, max_batches: dict[str, int], default_max_batch: int = 8) -> Caller:
+    """Triton BLS calls; a batch over its model's max batch is sent in order as several requests."""
 
     def request(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         # a per-item scalar (e.g. the timestep, [batch]) is [batch, 1] to Triton
@@ -113,6 +113,7 @@ def bls_caller(pb_utils, max_batch: int) -> Caller:
 
     def call(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         batch = next(iter(inputs.values())).shape[0]
+        max_batch = max_batches.get(model, default_max_batch)
         if batch <= max_batch:
             return request(model, inputs, outputs)
         pieces = [request(model, {k: v[i : i + max_batch] for k, v in inputs.items()}, outputs) for i in range(0, batch, max_batch)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -97,3 +98,19 @@ def test_gpu_target_repository_drops_the_python_network_adapter(tmp_path):
     assert (tmp_path / A2E_NETWORK_MODEL / "1" / "model.onnx").is_file()
     for model in (A2E_STREAM_MODEL, A2E_OFFLINE_MODEL):
         assert (tmp_path / model / "1" / "model.py").is_file()
+
+
+def test_hallo2_configs_parse_for_both_targets(tmp_path):
+    from emoserve.model_catalog import HALLO2_MODELS, HALLO2_NETWORK_MODELS, HALLO2_PIPELINE_MODEL
+    from export.build_repository import build_repository
+
+    for target in ("cpu", "gpu"):
+        out = build_repository(tmp_path / target, BuildSettings(target=target, profile="tiny", slices=("hallo2",)))
+        configs = {model: _parse((out / model / "config.pbtxt").read_text()) for model in HALLO2_MODELS}
+        pipeline = configs[HALLO2_PIPELINE_MODEL]
+        assert pipeline.model_transaction_policy.decoupled
+        assert set(json.loads(pipeline.parameters["network_max_batch"].string_value)) == set(HALLO2_NETWORK_MODELS)
+        for model in HALLO2_NETWORK_MODELS:
+            config = configs[model]
+            assert (config.platform == "onnxruntime_onnx") == (target == "gpu")
+            assert (out / model / "1" / "model.py").exists() == (target == "cpu")

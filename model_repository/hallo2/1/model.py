@@ -61,7 +61,7 @@ class TritonPythonModel:
         self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, 60.0)
         self.weights = parameters.get(WEIGHTS_PARAMETER, "unknown")
         networks = ServedHallo2Networks(
-            bls_caller(pb_utils, typed_parameter(parameters, "network_max_batch", int, 8)),
+            bls_caller(pb_utils, json.loads(typed_parameter(parameters, "network_max_batch", str, "{}"))),
             reference_features=typed_parameter(parameters, "reference_features", int, 0),
         )
         self.pipeline = Hallo2Pipeline(networks, self.profile)
