@@ -25,7 +25,6 @@ This module does not depend on ``transformers``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoserve.constants import FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
+from emoserve.nn.checkpoints import preview, sha256_file, torch_load
 from emoserve.nn.wav2vec2 import (  # noqa: F401  (re-exported: historical import location)
     Wav2Vec2Attention,
     Wav2Vec2Config,
@@ -411,29 +411,6 @@ def _normalise_keys(state_dict: Mapping[str, Tensor], expected: set[str]) -> dic
     return remap_legacy_weight_norm(out, expected)
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _torch_load(path: Path, weights_only: bool | None) -> Any:
-    if weights_only is not None:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # e.g. numpy scalars in the training metadata of the .tar
-        _LOG.warning(
-            "weights_only load of %s failed (%s); retrying with weights_only=False "
-            "(only do this for trusted checkpoints)",
-            path,
-            type(exc).__name__,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def load_official_checkpoint(
     path: str | Path, profile: str = "full", *, weights_only: bool | None = None
 ) -> LamA2ENetwork:
@@ -447,7 +424,7 @@ def load_official_checkpoint(
     to a full unpickle (trusted files only); pass ``True``/``False`` to force either.
     """
     path = Path(path)
-    ckpt = _torch_load(path, weights_only)
+    ckpt = torch_load(path, weights_only)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         keys = list(ckpt.keys())[:10] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ValueError(f"{path}: expected a dict with a 'state_dict' entry, got {keys}")
@@ -462,8 +439,8 @@ def load_official_checkpoint(
     if missing or unexpected:
         raise ValueError(
             f"{path}: checkpoint does not match the {net.profile.name!r} A2E profile: "
-            f"{len(missing)} missing key(s) {_preview(missing)}; "
-            f"{len(unexpected)} unexpected key(s) {_preview(unexpected)}"
+            f"{len(missing)} missing key(s) {preview(missing)}; "
+            f"{len(unexpected)} unexpected key(s) {preview(unexpected)}"
         )
     mismatched = [
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
@@ -471,17 +448,11 @@ def load_official_checkpoint(
         if tuple(sd[k].shape) != tuple(v.shape)
     ]
     if mismatched:
-        raise ValueError(f"{path}: shape mismatch for {len(mismatched)} key(s): {_preview(mismatched)}")
+        raise ValueError(f"{path}: shape mismatch for {len(mismatched)} key(s): {preview(mismatched)}")
 
     net.load_state_dict(sd, strict=True)
-    net.provenance = {"profile": net.profile.name, "seed": None, "checkpoint": "sha256:" + _sha256(path)}
+    net.provenance = {"profile": net.profile.name, "seed": None, "checkpoint": sha256_file(path)}
     return net.eval()
-
-
-def _preview(items: list[str], limit: int = 20) -> str:
-    if len(items) <= limit:
-        return str(items)
-    return str(items[:limit])[:-1] + f", ... (+{len(items) - limit} more)]"
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -28,7 +28,6 @@ under CUDA autocast; this implementation computes in fp32 (TensorRT may later pi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoserve.constants import IMAGE_SIZE, VIT_PATCH_SIZE
+from emoserve.nn.checkpoints import check_and_load, preview, sha256_file, torch_load
 from emoserve.nn.wav2vec2 import (
     HubertModel,
     Wav2Vec2Config,
@@ -429,35 +429,6 @@ def parameter_counts(profile: str | EncoderProfile = "full", llm_hidden: int = 4
 # --------------------------------------------------------------------------- checkpoint loading
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def _preview(items: list[str], limit: int = 20) -> str:
-    if len(items) <= limit:
-        return str(items)
-    return str(items[:limit])[:-1] + f", ... (+{len(items) - limit} more)]"
-
-
-def _torch_load(path: Path, weights_only: bool | None) -> Any:
-    if weights_only is not None:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickled extras (e.g. optimizer / config objects) in training checkpoints
-        _LOG.warning(
-            "weights_only load of %s failed (%s); retrying with weights_only=False "
-            "(only do this for trusted checkpoints)",
-            path,
-            type(exc).__name__,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def _record_checkpoint(module: nn.Module, part: str, digest: str | None) -> None:
     prov = getattr(module, "provenance", None)
     if prov is None:
@@ -469,32 +440,6 @@ def _record_checkpoint(module: nn.Module, part: str, digest: str | None) -> None
     ckpts = dict(prov.get("checkpoint") or {}) if isinstance(prov.get("checkpoint"), dict) else {}
     ckpts[part] = digest
     prov["checkpoint"] = ckpts
-
-
-def _check_and_load(
-    target: nn.Module, sd: Mapping[str, Tensor], what: str, *, optional: tuple[str, ...] = ()
-) -> None:
-    """Strict load with a ValueError naming missing / unexpected keys and shape mismatches."""
-    expected_sd = target.state_dict()
-    expected = set(expected_sd)
-    missing = sorted(k for k in expected - set(sd) if k not in optional)
-    unexpected = sorted(set(sd) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{what}: {len(missing)} missing key(s) {_preview(missing)}; "
-            f"{len(unexpected)} unexpected key(s) {_preview(unexpected)}"
-        )
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected_sd[k].shape)}"
-        for k, v in sd.items()
-        if tuple(v.shape) != tuple(expected_sd[k].shape)
-    ]
-    if mismatched:
-        raise ValueError(f"{what}: shape mismatch for {len(mismatched)} key(s): {_preview(mismatched)}")
-    full = dict(expected_sd)
-    for k, v in sd.items():
-        full[k] = v.detach().to(dtype=expected_sd[k].dtype)
-    target.load_state_dict(full, strict=True)
 
 
 def interpolate_pos_embed(pos_embed: Tensor, num_patches: int, num_extra_tokens: int = 1) -> Tensor:
@@ -538,8 +483,8 @@ def load_eva_vit_g(
         raw = path
     else:
         path = Path(path)
-        raw = _torch_load(path, weights_only)
-        digest = _sha256(path)
+        raw = torch_load(path, weights_only)
+        digest = sha256_file(path)
     if isinstance(raw, Mapping) and "model" in raw and isinstance(raw["model"], Mapping):
         raw = raw["model"]
     sd: dict[str, Tensor] = {}
@@ -554,7 +499,7 @@ def load_eva_vit_g(
         k for k in sd if k.startswith(_EVA_IGNORABLE_PREFIXES) or k.endswith(_EVA_IGNORABLE_SUFFIXES)
     )
     if ignored:
-        _LOG.warning("EVA ViT checkpoint: ignoring %d key(s) upstream's model lacks: %s", len(ignored), _preview(ignored))
+        _LOG.warning("EVA ViT checkpoint: ignoring %d key(s) upstream's model lacks: %s", len(ignored), preview(ignored))
         for k in ignored:
             del sd[k]
     if "pos_embed" in sd:
@@ -562,7 +507,7 @@ def load_eva_vit_g(
         sd["pos_embed"] = interpolate_pos_embed(
             sd["pos_embed"], vision.profile.num_patches, num_extra_tokens=vit.pos_embed.shape[-2] - vit.patch_embed.num_patches
         )
-    _check_and_load(vision.visual_encoder, sd, f"EVA ViT checkpoint {path if digest else '<state_dict>'}")
+    check_and_load(vision.visual_encoder, sd, f"EVA ViT checkpoint {path if digest else '<state_dict>'}")
     _record_checkpoint(vision, "eva_vit_g", digest)
     return vision
 
@@ -579,7 +524,7 @@ def _read_hf_state_dict(src: Path, weights_only: bool | None) -> tuple[dict[str,
         from safetensors.torch import load_file
 
         return dict(load_file(str(src), device="cpu")), src
-    return dict(_torch_load(src, weights_only)), src
+    return dict(torch_load(src, weights_only)), src
 
 
 def load_hf_hubert(
@@ -600,16 +545,16 @@ def load_hf_hubert(
         where = "<state_dict>"
     else:
         raw, file = _read_hf_state_dict(Path(folder_or_state_dict), weights_only)
-        digest = _sha256(file)
+        digest = sha256_file(file)
         where = str(file)
     if any(k.startswith("hubert.") for k in raw):
         dropped = sorted(k for k in raw if not k.startswith("hubert."))
         if dropped:
-            _LOG.info("HuBERT checkpoint: ignoring %d non-encoder key(s): %s", len(dropped), _preview(dropped))
+            _LOG.info("HuBERT checkpoint: ignoring %d non-encoder key(s): %s", len(dropped), preview(dropped))
         raw = {k[len("hubert."):]: v for k, v in raw.items() if k.startswith("hubert.")}
     expected = set(audio.hubert.state_dict())
     sd = remap_legacy_weight_norm(raw, expected)
-    _check_and_load(audio.hubert, sd, f"HuBERT checkpoint {where}", optional=("masked_spec_embed",))
+    check_and_load(audio.hubert, sd, f"HuBERT checkpoint {where}", optional=("masked_spec_embed",))
     _record_checkpoint(audio, "hubert", digest)
     return audio
 
@@ -640,8 +585,8 @@ def load_emotion_llama_projections(
         where = "<state_dict>"
     else:
         path = Path(ckpt)
-        raw = _torch_load(path, weights_only)
-        digest = _sha256(path)
+        raw = torch_load(path, weights_only)
+        digest = sha256_file(path)
         where = str(path)
     if isinstance(raw, Mapping) and "model" in raw and isinstance(raw["model"], Mapping):
         raw = raw["model"]
@@ -660,8 +605,8 @@ def load_emotion_llama_projections(
     unexpected = sorted((set(vision_sd) - required_v) | (set(audio_sd) - required_a))
     if missing or unexpected:
         raise ValueError(
-            f"Emotion-LLaMA checkpoint {where}: {len(missing)} missing key(s) {_preview(missing)}; "
-            f"{len(unexpected)} unexpected key(s) {_preview(unexpected)}"
+            f"Emotion-LLaMA checkpoint {where}: {len(missing)} missing key(s) {preview(missing)}; "
+            f"{len(unexpected)} unexpected key(s) {preview(unexpected)}"
         )
     for target, sub in ((vision, vision_sd), (audio, audio_sd)):
         exp = target.state_dict()
@@ -673,7 +618,7 @@ def load_emotion_llama_projections(
         if bad:
             raise ValueError(
                 f"Emotion-LLaMA checkpoint {where}: shape mismatch for {len(bad)} key(s) "
-                f"(LLM hidden size of the model is {target.llm_hidden}): {_preview(bad)}"
+                f"(LLM hidden size of the model is {target.llm_hidden}): {preview(bad)}"
             )
 
     ln_sd = {k[len("ln_vision."):]: v for k, v in sd.items() if k.startswith("ln_vision.")}
@@ -681,7 +626,7 @@ def load_emotion_llama_projections(
     known = set(vision_sd) | set(audio_sd) | {f"ln_vision.{k}" for k in ln_sd} | {f"visual_encoder.{k}" for k in vit_sd}
     other = sorted(k for k in sd if k not in known and not k.startswith("llama_model."))
     if other:
-        _LOG.warning("Emotion-LLaMA checkpoint %s: ignoring %d unknown key(s): %s", where, len(other), _preview(other))
+        _LOG.warning("Emotion-LLaMA checkpoint %s: ignoring %d unknown key(s): %s", where, len(other), preview(other))
 
     with torch.no_grad():
         for target, sub in ((vision, vision_sd), (audio, audio_sd)):
@@ -689,7 +634,7 @@ def load_emotion_llama_projections(
             for k, v in sub.items():
                 params[k].copy_(v.to(params[k].dtype))
         if ln_sd:
-            _check_and_load(vision.ln_vision, ln_sd, f"Emotion-LLaMA checkpoint {where} (ln_vision)")
+            check_and_load(vision.ln_vision, ln_sd, f"Emotion-LLaMA checkpoint {where} (ln_vision)")
         else:
             nn.init.ones_(vision.ln_vision.weight)
             nn.init.zeros_(vision.ln_vision.bias)
@@ -697,7 +642,7 @@ def load_emotion_llama_projections(
             exp = vision.visual_encoder.state_dict()
             bad = sorted(k for k in vit_sd if k not in exp or tuple(exp[k].shape) != tuple(vit_sd[k].shape))
             if bad:
-                raise ValueError(f"Emotion-LLaMA checkpoint {where}: bad visual_encoder key(s) {_preview(bad)}")
+                raise ValueError(f"Emotion-LLaMA checkpoint {where}: bad visual_encoder key(s) {preview(bad)}")
             vision.visual_encoder.load_state_dict({**exp, **vit_sd}, strict=True)
     _record_checkpoint(vision, "emotion_llama", digest)
     _record_checkpoint(audio, "emotion_llama", digest)

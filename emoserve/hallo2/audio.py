@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from emoserve.hallo2.audio_windows import FPS, SAMPLE_RATE, audio_frames
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
-from emoserve.hallo2.state_dicts import (
+from emoserve.nn.checkpoints import (
     check_and_load,
     preview,
     read_state_dict,

@@ -33,12 +33,13 @@ configured -- and no loader for one is implemented yet, so a configured path rai
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from emoserve.imaging import pil_resize
 
 __all__ = [
     "LIP_IDS",
@@ -74,57 +75,10 @@ INSIGHTFACE_ENV = "EMOSERVE_HALLO2_INSIGHTFACE"
 # --------------------------------------------------------------------------------------------------
 # resampling (numpy reproductions of PIL bilinear and cv2 INTER_LINEAR for uint8 images)
 # --------------------------------------------------------------------------------------------------
-_PIL_PRECISION_BITS = 32 - 8 - 2
-
-
-def _pil_bilinear_coeffs(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """PIL ``precompute_coeffs`` (bilinear = triangle filter, support 1 scaled by the reduction) in 8bpc."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 1.0 * filterscale
-    ksize = math.ceil(support) * 2 + 1
-    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    ss = 1.0 / filterscale
-    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
-    count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
-    taps = np.arange(ksize, dtype=np.int64)
-    valid = taps[None, :] < count[:, None]
-    x = np.abs(((taps[None, :] + xmin[:, None]) - center[:, None] + 0.5) * ss)
-    w = np.where(valid, np.where(x < 1.0, 1.0 - x, 0.0), 0.0)
-    ww = np.zeros(out_size, dtype=np.float64)
-    for j in range(ksize):  # sequential sum, as in C
-        ww = ww + w[:, j]
-    w = np.where(ww[:, None] != 0.0, w / np.where(ww == 0.0, 1.0, ww)[:, None], w)
-    scaled = w * float(1 << _PIL_PRECISION_BITS)
-    kk = np.where(w < 0, np.trunc(-0.5 + scaled), np.trunc(0.5 + scaled)).astype(np.int64)
-    kk = np.where(valid, kk, 0)
-    idx = np.minimum(xmin[:, None] + taps[None, :], in_size - 1)
-    return idx, kk
-
-
-def _pil_axis(img: np.ndarray, out_size: int, axis: int) -> np.ndarray:
-    idx, kk = _pil_bilinear_coeffs(img.shape[axis], out_size)
-    src = np.moveaxis(img, axis, -1).astype(np.int64)
-    acc = np.full(src.shape[:-1] + (out_size,), 1 << (_PIL_PRECISION_BITS - 1), dtype=np.int64)
-    for j in range(idx.shape[1]):
-        acc += src[..., idx[:, j]] * kk[:, j]
-    return np.moveaxis(np.clip(acc >> _PIL_PRECISION_BITS, 0, 255).astype(np.uint8), -1, axis)
-
-
 def resize_bilinear_pil(img: np.ndarray, size: tuple[int, int] | int) -> np.ndarray:
     """``PIL.Image.fromarray(img).resize((w, h), BILINEAR)`` for uint8 ``[H, W]`` / ``[H, W, C]``
     (torchvision ``Resize`` on a PIL image; horizontal pass first, as Pillow <= 11)."""
-    if isinstance(size, int):
-        size = (size, size)
-    arr = np.asarray(img)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8, got {arr.dtype}")
-    out_h, out_w = size
-    if arr.shape[1] != out_w:
-        arr = _pil_axis(arr, out_w, axis=1)
-    if arr.shape[0] != out_h:
-        arr = _pil_axis(arr, out_h, axis=0)
-    return np.ascontiguousarray(arr)
+    return pil_resize(img, size, "bilinear")
 
 
 def resize_bilinear_cv2(img: np.ndarray, size: tuple[int, int] | int) -> np.ndarray:

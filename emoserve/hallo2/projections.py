@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
-from emoserve.hallo2.state_dicts import (
+from emoserve.nn.checkpoints import (
     check_and_load,
     read_state_dict,
     record_checkpoint,

@@ -1,6 +1,6 @@
-"""Reading checkpoints and strict, explained state-dict loading for the Hallo2 component networks.
+"""Reading official checkpoints and strict state-dict loading whose errors name the keys.
 
-Shared by :mod:`emoserve.hallo2.vae`, :mod:`emoserve.hallo2.audio` and :mod:`emoserve.hallo2.projections`.
+Shared by every network's loader: LAM-A2E, the Emotion-LLaMA encoders and the Hallo2 networks.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def preview(items: list[str], limit: int = 20) -> str:
     return str(items[:limit])[:-1] + f", ... (+{len(items) - limit} more)]"
 
 
-def _torch_load(path: Path, weights_only: bool | None) -> Any:
+def torch_load(path: Path, weights_only: bool | None) -> Any:
     if weights_only is not None:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     try:
@@ -71,7 +71,7 @@ def read_state_dict(
         from safetensors.torch import load_file
 
         return dict(load_file(str(path), device="cpu")), path
-    obj = _torch_load(path, weights_only)
+    obj = torch_load(path, weights_only)
     for wrapper in ("state_dict", "module"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
