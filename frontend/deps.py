@@ -47,8 +47,10 @@ EngineDep = Annotated[TritonEngine, Depends(get_engine)]
 SessionsDep = Annotated[SessionRegistry, Depends(get_sessions)]
 
 
-async def read_upload(upload: UploadFile, limit_bytes: int, field_name: str) -> bytes:
-    """The upload's bytes, refusing more than ``limit_bytes`` (413) without reading the rest."""
+async def read_upload(upload: UploadFile, limit_bytes: int, field_name: str, *, allow_empty: bool = False,
+                      too_large: PayloadTooLarge | None = None) -> bytes:
+    """The upload's bytes, refusing more than ``limit_bytes`` (413, ``too_large`` when given) without
+    reading the rest; an empty upload is a 400 unless ``allow_empty``."""
     parts, total = [], 0
     while True:
         block = await upload.read(_READ_BLOCK)
@@ -56,9 +58,9 @@ async def read_upload(upload: UploadFile, limit_bytes: int, field_name: str) -> 
             break
         total += len(block)
         if total > limit_bytes:
-            raise PayloadTooLarge(f"{field_name} is larger than the {limit_bytes} byte limit")
+            raise too_large or PayloadTooLarge(f"{field_name} is larger than the {limit_bytes} byte limit")
         parts.append(block)
     await upload.close()
-    if total == 0:
+    if total == 0 and not allow_empty:
         raise BadRequest(f"{field_name} is empty")
     return b"".join(parts)

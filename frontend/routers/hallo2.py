@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emoserve.audio import AudioDecodeError, decode_audio
 from emoserve.constants import SAMPLE_RATE
-from frontend.deps import require_api_key
+from frontend.deps import read_upload, require_api_key
 from frontend.errors import (
     ERROR_CODE_TAG,
     ERROR_STATUS_TAG,
@@ -49,7 +49,6 @@ from frontend.hallo2_tasks import (
 if TYPE_CHECKING:
     from frontend.hallo2_app import Hallo2Service
 
-_READ_BLOCK = 1 << 20
 
 
 class Codes:
@@ -224,21 +223,6 @@ def checked_audio(data: bytes) -> tuple[str, float]:
     return audio_extension(data), samples.size / SAMPLE_RATE
 
 
-async def read_limited(upload: UploadFile, budget: int, limit: int) -> bytes:
-    """The upload's bytes, refusing (413) once the task's files together pass ``limit``."""
-    parts, total = [], 0
-    while True:
-        block = await upload.read(_READ_BLOCK)
-        if not block:
-            break
-        total += len(block)
-        if total > budget:
-            raise PayloadTooLarge(f"the uploaded files are larger than the {limit} byte limit", error_code=Codes.FILE_TOO_LARGE)
-        parts.append(block)
-    await upload.close()
-    return b"".join(parts)
-
-
 def known_task_id(task_id: str) -> str:
     try:
         return str(uuid.UUID(task_id))
@@ -286,8 +270,10 @@ async def create_task(
     use_cache: Annotated[bool, Form(description="use cached preprocessing (face embedding, audio features)")] = True,
 ) -> TaskCreated:
     limit = service.settings.max_hallo2_upload_bytes
-    image = await read_limited(image_file, limit, limit)
-    audio = await read_limited(audio_file, limit - len(image), limit)
+    too_large = PayloadTooLarge(f"the uploaded files are larger than the {limit} byte limit", error_code=Codes.FILE_TOO_LARGE)
+    # one budget for both files; emptiness is judged by content below, with the file's own error code
+    image = await read_upload(image_file, limit, "image_file", allow_empty=True, too_large=too_large)
+    audio = await read_upload(audio_file, limit - len(image), "audio_file", allow_empty=True, too_large=too_large)
     image_ext = await anyio.to_thread.run_sync(image_extension, image)
     audio_ext, seconds = await anyio.to_thread.run_sync(checked_audio, audio)
     config = await service.store.get_config()
