@@ -32,7 +32,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.a2e_bench --profile full
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf model_repository/weights.json model_repository/*/config.pbtxt model_repository/*/1/*.onnx model_repository/*/1/*.json
