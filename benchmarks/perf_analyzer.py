@@ -116,7 +116,7 @@ def perf_analyzer_version(env: dict[str, str]) -> str:
 
 
 def ensure_repository(a2e_profile: str) -> Path:
-    from export.build_repository import BuildSettings, build_repository
+    from export.build_repository import build_repository
 
     out = WORK_DIR / f"repo-pa-{a2e_profile}"
     started = time.perf_counter()

@@ -21,7 +21,6 @@ fatal for the others. Logs: ``benchmarks/.work/logs/run_all-<step>.log``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
 import json
 import logging
