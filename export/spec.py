@@ -572,7 +572,27 @@ class Hallo2AudioEncoderSpec(_Hallo2Spec):
 
 
 @dataclass
-class AudioProjSpec(_Hallo2Spec):
+class _Hallo2FramesSpec(_Hallo2Spec):
+    """A network with one ``[batch, frames, ...]``-shaped input: batch 1/1/max, frames 1 / clip / clip + motion."""
+
+    def get_input_profile(
+        self,
+        batch_min: int | None = None,
+        batch_opt: int | None = None,
+        batch_max: int | None = None,
+        frames_min: int = 1,
+        frames_opt: int | None = None,
+        frames_max: int | None = None,
+    ) -> InputProfile:
+        b = self._batches(batch_min, batch_opt, batch_max)
+        p = self.prof
+        f = (frames_min, _pick(p.clip_frames, frames_opt), _pick(p.total_frames, frames_max))
+        self._check_range("frames", f, lower=1)
+        return {self.get_input_names()[0]: [self.get_input_shape(x, y) for x, y in zip(b, f)]}
+
+
+@dataclass
+class AudioProjSpec(_Hallo2FramesSpec):
     """Spec of :class:`emoserve.hallo2.projections.AudioProjModel`.
 
     ONNX contract::
@@ -600,21 +620,6 @@ class AudioProjSpec(_Hallo2Spec):
     def get_input_shape(self, batch: int, frames: int) -> Shape:
         p = self.prof
         return (batch, frames, p.audio_window, p.wav2vec_layers, p.wav2vec_hidden)
-
-    def get_input_profile(
-        self,
-        batch_min: int | None = None,
-        batch_opt: int | None = None,
-        batch_max: int | None = None,
-        frames_min: int = 1,
-        frames_opt: int | None = None,
-        frames_max: int | None = None,
-    ) -> InputProfile:
-        b = self._batches(batch_min, batch_opt, batch_max)
-        p = self.prof
-        f = (frames_min, _pick(p.clip_frames, frames_opt), _pick(p.total_frames, frames_max))
-        self._check_range("frames", f, lower=1)
-        return {HALLO2_AUDIO_WINDOWS: [self.get_input_shape(x, y) for x, y in zip(b, f)]}
 
     def get_output_shapes(self, batch: int, frames: int) -> list[Shape]:
         p = self.prof
@@ -666,7 +671,7 @@ class ImageProjSpec(_Hallo2Spec):
 
 
 @dataclass
-class FaceLocatorSpec(_Hallo2Spec):
+class FaceLocatorSpec(_Hallo2FramesSpec):
     """Spec of :class:`emoserve.hallo2.projections.FaceLocatorNet`.
 
     ONNX contract::
@@ -693,21 +698,6 @@ class FaceLocatorSpec(_Hallo2Spec):
     def get_input_shape(self, batch: int, frames: int) -> Shape:
         s = self.prof.image_size
         return (batch, 1, frames, s, s)
-
-    def get_input_profile(
-        self,
-        batch_min: int | None = None,
-        batch_opt: int | None = None,
-        batch_max: int | None = None,
-        frames_min: int = 1,
-        frames_opt: int | None = None,
-        frames_max: int | None = None,
-    ) -> InputProfile:
-        b = self._batches(batch_min, batch_opt, batch_max)
-        p = self.prof
-        f = (frames_min, _pick(p.clip_frames, frames_opt), _pick(p.total_frames, frames_max))
-        self._check_range("frames", f, lower=1)
-        return {HALLO2_FACE_MASK: [self.get_input_shape(x, y) for x, y in zip(b, f)]}
 
     def get_output_shapes(self, batch: int, frames: int) -> list[Shape]:
         p = self.prof
