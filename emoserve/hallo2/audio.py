@@ -37,11 +37,10 @@ from torch import Tensor, nn
 from emoserve.hallo2.audio_windows import FPS, SAMPLE_RATE, audio_frames
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
 from emoserve.nn.checkpoints import (
+    state_dict_source,
     check_and_load,
     preview,
-    read_state_dict,
     record_checkpoint,
-    sha256_file,
 )
 from emoserve.nn.wav2vec2 import (
     Wav2Vec2Config,
@@ -211,15 +210,9 @@ def load_wav2vec2(
     absent.  Strict otherwise: ``ValueError`` names missing / unexpected keys and shape mismatches.
     """
     enc = Hallo2AudioEncoder(profile)
-    digest = None
-    if isinstance(src, Mapping):
-        raw, where = dict(src), "<state_dict>"
-    else:
-        path = Path(src)
-        if path.is_dir():
-            _check_hf_config(path, enc)
-        raw, file = read_state_dict(path, WAV2VEC2_FILE_NAMES, weights_only=weights_only)
-        digest, where = sha256_file(file), str(file)
+    raw, digest, where = state_dict_source(
+        src, WAV2VEC2_FILE_NAMES, weights_only=weights_only, check_folder=lambda folder: _check_hf_config(folder, enc)
+    )
     if any(k.startswith("wav2vec2.") for k in raw):
         dropped = sorted(k for k in raw if not k.startswith("wav2vec2."))
         if dropped:

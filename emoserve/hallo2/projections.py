@@ -28,10 +28,9 @@ from torch import Tensor, nn
 
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
 from emoserve.nn.checkpoints import (
+    state_dict_source,
     check_and_load,
-    read_state_dict,
     record_checkpoint,
-    sha256_file,
 )
 
 __all__ = [
@@ -235,12 +234,7 @@ def load_projections(
     """
     p = get_profile(profile)
     proj = _make(p, zero_init_out=True)
-    digest = None
-    if isinstance(src, Mapping):
-        raw, where = dict(src), "<state_dict>"
-    else:
-        raw, file = read_state_dict(Path(src), ("net.pth",), weights_only=weights_only)
-        digest, where = sha256_file(file), str(file)
+    raw, digest, where = state_dict_source(src, ("net.pth",), weights_only=weights_only)
     raw = {(k.removeprefix("module.")): v for k, v in raw.items()}
     targets: dict[str, tuple[nn.Module, str]] = {
         "audio_proj": (proj.audio_proj, NET_PREFIXES["audio_proj"]),

@@ -41,10 +41,9 @@ from torch import Tensor, nn
 
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
 from emoserve.nn.checkpoints import (
+    state_dict_source,
     check_and_load,
-    read_state_dict,
     record_checkpoint,
-    sha256_file,
 )
 
 __all__ = [
@@ -378,15 +377,9 @@ def load_vae(
     """
     p = get_profile(profile)
     vae = AutoencoderKL(p)
-    digest = None
-    if isinstance(path_or_folder, Mapping):
-        raw, where = dict(path_or_folder), "<state_dict>"
-    else:
-        src = Path(path_or_folder)
-        if src.is_dir():
-            _check_config(src, p)
-        raw, file = read_state_dict(src, VAE_FILE_NAMES, weights_only=weights_only)
-        digest, where = sha256_file(file), str(file)
+    raw, digest, where = state_dict_source(
+        path_or_folder, VAE_FILE_NAMES, weights_only=weights_only, check_folder=lambda folder: _check_config(folder, p)
+    )
     sd = convert_deprecated_vae_keys(raw)
     check_and_load(vae, sd, f"VAE checkpoint {where}")
     record_checkpoint(vae, digest)

@@ -80,6 +80,20 @@ def read_state_dict(
     return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}, path
 
 
+def state_dict_source(
+    src, file_names: Sequence[str], *, weights_only: bool | None = None, check_folder=None
+) -> tuple[dict[str, Tensor], str | None, str]:
+    """``(tensors, sha256 digest or None, where)`` for a state dict handed over in memory, or a checkpoint
+    file / model folder (read with :func:`read_state_dict`; ``check_folder(folder)`` runs first on a folder)."""
+    if isinstance(src, Mapping):
+        return dict(src), None, "<state_dict>"
+    path = Path(src)
+    if path.is_dir() and check_folder is not None:
+        check_folder(path)
+    raw, file = read_state_dict(path, file_names, weights_only=weights_only)
+    return raw, sha256_file(file), str(file)
+
+
 def check_and_load(
     target: nn.Module, sd: Mapping[str, Tensor], what: str, *, optional: tuple[str, ...] = ()
 ) -> None:
