@@ -154,9 +154,9 @@ def text_tensor(text: str) -> dict:
     return {"content": [text], "shape": [1]}
 
 
-def write_json(name: str, data: list) -> Path:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    path = DATA_DIR / f"{name}.json"
+def write_json(name: str, data: list, folder: Path = DATA_DIR) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"data": data}))
     return path
 
@@ -224,6 +224,35 @@ def emotion_embeddings(grpc_url: str, video: bytes) -> np.ndarray:
     return np.concatenate([tokens[0], features[0], cls[0]], axis=0).astype(np.float32)
 
 
+GREEDY_16_TOKENS = {"TEMPERATURE": {"content": [0.0], "shape": [1]}, "MAX_NEW_TOKENS": {"content": [16], "shape": [1]}}
+
+
+def a2e_window_rows(long_speech: np.ndarray) -> list[dict]:
+    """``lam_a2e``: the streaming model's 64-frame window at four offsets, four identities."""
+    rows = []
+    for i, offset in enumerate((0, 8000, 24000, 40000)):
+        window = long_speech[offset: offset + A2E_WINDOW_SAMPLES].astype(np.float32)
+        rows.append({"input_values": tensor(window), "id_idx": {"content": [i % 12], "shape": [1]}})
+    return rows
+
+
+def a2e_stream_rows(long_speech: np.ndarray) -> list[list[dict]]:
+    """``lam_a2e_stream``: two streams of ``SEQUENCE_LENGTH`` consecutive 1 s chunks (different start offsets)."""
+    streams = []
+    for stream, start in enumerate((0, 3 * SAMPLE_RATE)):
+        steps = []
+        for k in range(SEQUENCE_LENGTH):
+            chunk = long_speech[start + k * STREAM_CHUNK_SAMPLES: start + (k + 1) * STREAM_CHUNK_SAMPLES].astype(np.float32)
+            steps.append({"AUDIO": tensor(chunk), "ID_IDX": {"content": [stream], "shape": [1]}})
+        streams.append(steps)
+    return streams
+
+
+def llm_rows(embeddings: np.ndarray) -> list[dict]:
+    """``emotion_llama_llm``: the video's multimodal embeddings, the [reason] prompt, greedy, 16 new tokens."""
+    return [dict({"MULTIMODAL_EMBEDDINGS": tensor(embeddings), "PROMPT": text_tensor(PROMPT_TEXT)}, **GREEDY_16_TOKENS)]
+
+
 @dataclass
 class InputFiles:
     files: dict[str, Path] = field(default_factory=dict)
@@ -242,12 +271,7 @@ def make_input_data(repository: Path, grpc_url: str) -> InputFiles:
     speech = load_speech()
     long_speech = np.tile(speech, 2)  # 14 s: room for shifted windows and 8 s streams
 
-    # lam_a2e: the streaming model's 64-frame window at four offsets, four identities
-    windows = []
-    for i, offset in enumerate((0, 8000, 24000, 40000)):
-        window = long_speech[offset: offset + A2E_WINDOW_SAMPLES].astype(np.float32)
-        windows.append({"input_values": tensor(window), "id_idx": {"content": [i % 12], "shape": [1]}})
-    out.files["lam_a2e"] = write_json("lam_a2e", windows)
+    out.files["lam_a2e"] = write_json("lam_a2e", a2e_window_rows(long_speech))
     out.notes["lam_a2e"] = f"speech windows of {A2E_WINDOW_SAMPLES} samples (64 frames), 4 offsets"
 
     # lam_a2e_offline: the whole 7 s clip as WAV bytes (decode + network + post-processing in the model)
@@ -256,14 +280,7 @@ def make_input_data(repository: Path, grpc_url: str) -> InputFiles:
         "MOVEMENT_SMOOTH": {"content": [True], "shape": [1]}, "BROW_MOVEMENT": {"content": [True], "shape": [1]}}])
     out.notes["lam_a2e_offline"] = f"`examples/speech.wav` as WAV bytes ({len(speech) / SAMPLE_RATE:.1f} s)"
 
-    # lam_a2e_stream: two streams of 8 consecutive 1 s chunks (different start offsets)
-    streams = []
-    for stream, start in enumerate((0, 3 * SAMPLE_RATE)):
-        steps = []
-        for k in range(SEQUENCE_LENGTH):
-            chunk = long_speech[start + k * STREAM_CHUNK_SAMPLES: start + (k + 1) * STREAM_CHUNK_SAMPLES].astype(np.float32)
-            steps.append({"AUDIO": tensor(chunk), "ID_IDX": {"content": [stream], "shape": [1]}})
-        streams.append(steps)
+    streams = a2e_stream_rows(long_speech)
     out.files["lam_a2e_stream"] = write_json("lam_a2e_stream", streams)
     out.notes["lam_a2e_stream"] = f"{len(streams)} streams of {SEQUENCE_LENGTH} consecutive 1 s speech chunks"
 
@@ -277,14 +294,12 @@ def make_input_data(repository: Path, grpc_url: str) -> InputFiles:
     out.files["emotion_llama_audio"] = write_json("emotion_llama_audio", [{"input_values": tensor(audio.astype(np.float32))}])
     out.notes["emotion_llama_audio"] = (f"the video's audio track ({audio.size / SAMPLE_RATE:.1f} s)" if audio is not speech
                                         else "`examples/speech.wav` (the video has no audio track)")
-    sampling = {"TEMPERATURE": {"content": [0.0], "shape": [1]}, "MAX_NEW_TOKENS": {"content": [16], "shape": [1]}}
     embeddings = emotion_embeddings(grpc_url, video)
-    out.files["emotion_llama_llm"] = write_json("emotion_llama_llm", [
-        dict({"MULTIMODAL_EMBEDDINGS": tensor(embeddings), "PROMPT": text_tensor(PROMPT_TEXT)}, **sampling)])
+    out.files["emotion_llama_llm"] = write_json("emotion_llama_llm", llm_rows(embeddings))
     out.notes["emotion_llama_llm"] = (f"the served encoders' {embeddings.shape[0]}×{embeddings.shape[1]} embeddings of the "
                                       "video, a [reason] prompt, greedy, 16 new tokens")
     out.files["emotion_llama"] = write_json("emotion_llama", [
-        dict({"VIDEO": bytes_tensor(video), "PROMPT": text_tensor(PROMPT_TEXT)}, **sampling)])
+        dict({"VIDEO": bytes_tensor(video), "PROMPT": text_tensor(PROMPT_TEXT)}, **GREEDY_16_TOKENS)])
     out.notes["emotion_llama"] = f"`examples/sample_emotion.mp4` bytes ({len(video) / 1024:.0f} KiB), [reason] prompt, greedy, 16 new tokens"
 
     # Hallo2: the portrait + 1 s of speech; the networks get inputs captured from a real pipeline run

@@ -69,6 +69,8 @@ class BuildSettings:
     onnx_threads: int = 0
     stream_max_batch: int = 8
     stream_queue_delay_us: int = 2000
+    # sequences the oldest-first batcher may hold slots for; more live streams than this wait in a backlog
+    stream_candidate_sequences: int = 1024
     stream_idle_timeout_s: float = 600.0
     offline_instances: int = 2
     max_audio_seconds: float = 600.0
@@ -137,7 +139,7 @@ def stream_config(settings: BuildSettings) -> str:
         '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }',
         "  ]",
         "  oldest {",
-        "    max_candidate_sequences: 1024",
+        f"    max_candidate_sequences: {settings.stream_candidate_sequences}",
         f"    preferred_batch_size: [ {settings.stream_max_batch} ]",
         f"    max_queue_delay_microseconds: {settings.stream_queue_delay_us}",
         "  }",
