@@ -79,6 +79,12 @@ def is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and has_weights and has_tokenizer and (folder / META_FILE).is_file()
 
 
+def is_converted_from(folder: Path, source: str) -> bool:
+    """True when ``folder`` is a finished build converted from ``source`` — not merely some complete LLM folder
+    (a repository rebuilt with another ``llm`` holds a different model under the same path)."""
+    return is_complete(folder) and read_meta(folder).get("source") == source
+
+
 def _save_atomically(out_dir: Path, writer) -> Path:
     """Run ``writer(tmp_dir)`` and move the result to ``out_dir`` (no half-written folders on failure)."""
     out_dir = Path(out_dir)
@@ -136,14 +142,14 @@ def load_smollm2_tokenizer():
 def prepare_smollm2(out_dir: Path) -> Path:
     """Convert SmolLM2-135M-Instruct (GGUF Q4_1) once into an fp32 safetensors folder; cached.
 
-    Skips the work when ``out_dir`` already holds a complete folder. Returns ``out_dir``.
+    Skips the work when ``out_dir`` already holds this conversion (any other LLM there is replaced). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
-    if is_complete(out_dir):
+    folder, name = smollm2_gguf()
+    if is_converted_from(out_dir, name):
         return out_dir
     from transformers import AutoModelForCausalLM
 
-    folder, name = smollm2_gguf()
     tokenizer = load_smollm2_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch.float32)
     model = _plain_copy(model)

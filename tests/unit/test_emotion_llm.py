@@ -6,6 +6,7 @@ SmolLM2 itself runs only in the opt-in test (EMOSERVE_TEST_SMOLLM2=1).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -443,6 +444,16 @@ def test_load_llm_requires_metadata(tmp_path, smol_tokenizer):
     with pytest.raises(ValueError, match="emoserve_llm.json"):
         llm.load_llm(base)
     assert not llm.is_complete(base)
+
+
+def test_a_folder_holding_another_llm_is_not_taken_for_the_smollm2_conversion(tmp_path, smol_tokenizer):
+    # a repository built with --llm tiny and rebuilt with --llm smollm2 must not keep serving the tiny model
+    folder = llm.build_tiny_llama(tmp_path / "llm", tokenizer=smol_tokenizer)
+    assert llm.is_complete(folder)
+    assert not llm.is_converted_from(folder, llm.SMOLLM2_GGUF)
+    meta = json.loads((folder / llm.META_FILE).read_text())
+    (folder / llm.META_FILE).write_text(json.dumps({**meta, "source": llm.SMOLLM2_GGUF}))
+    assert llm.is_converted_from(folder, llm.SMOLLM2_GGUF)
 
 
 # ---- opt-in: the real SmolLM2 --------------------------------------------------------------------------
