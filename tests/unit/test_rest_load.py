@@ -1,0 +1,171 @@
+"""The REST load generator's core (benchmarks.rest_load) without any server: bounds, concurrency, errors, the
+loopback guard and the ratio / percentile formatting. Every test runs in well under a second."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from benchmarks.common import LatencyStats
+from benchmarks.rest_load import (
+    LoadResult,
+    NotLoopbackError,
+    chunk_result,
+    load_row,
+    loopback_http_client,
+    overhead_ratios,
+    require_loopback,
+    run_load,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def sleeper(seconds: float):
+    async def call() -> str:
+        await asyncio.sleep(seconds)
+        return "ok"
+
+    return call
+
+
+def test_stops_at_the_count_bound():
+    result = asyncio.run(run_load(sleeper(0.005), concurrency=3, max_requests=7, max_seconds=10.0))
+    assert result.started == 7 and result.completed == 7 and result.errors == []
+    assert result.stopped_by == "count"
+    assert result.values == ["ok"] * 7
+    assert result.stats.wall_s < 1.0
+
+
+def test_stops_at_the_time_bound_and_lets_in_flight_requests_finish():
+    began = time.perf_counter()
+    result = asyncio.run(run_load(sleeper(0.05), concurrency=2, max_requests=10_000, max_seconds=0.25))
+    elapsed = time.perf_counter() - began
+    assert result.stopped_by == "time"
+    assert 2 <= result.completed < 10_000
+    assert result.completed == result.started  # nothing was cut off: in-flight requests were awaited
+    assert elapsed < 0.25 + 0.05 + 0.2  # the bound, one request in flight, scheduling slack
+    assert result.throughput == pytest.approx(result.completed / result.stats.wall_s)
+
+
+def test_never_more_than_concurrency_in_flight():
+    in_flight = peak = 0
+
+    async def call() -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.002)
+        in_flight -= 1
+
+    result = asyncio.run(run_load(call, concurrency=4, max_requests=40, max_seconds=5.0))
+    assert peak == 4 and result.peak_in_flight == 4
+    assert result.completed == 40
+
+
+def test_errors_and_timeouts_are_counted_not_raised():
+    calls = 0
+
+    async def flaky() -> int:
+        nonlocal calls
+        calls += 1
+        if calls % 3 == 0:
+            raise RuntimeError(f"boom {calls}")
+        if calls % 3 == 1:
+            await asyncio.sleep(1.0)  # beyond the request timeout
+        return calls
+
+    result = asyncio.run(run_load(flaky, concurrency=2, max_requests=9, max_seconds=5.0, request_timeout_s=0.05))
+    assert result.started == 9
+    assert result.completed == 3  # calls 2, 5, 8
+    assert len(result.errors) == 6
+    assert sum("RuntimeError: boom" in e for e in result.errors) == 3
+    assert sum(e.startswith("TimeoutError") and "0.05 s" in e for e in result.errors) == 3
+
+
+def test_warm_up_requests_are_not_recorded():
+    calls = 0
+
+    async def call() -> int:
+        nonlocal calls
+        calls += 1
+        mine = calls
+        await asyncio.sleep(0.001)
+        return mine
+
+    result = asyncio.run(run_load(call, concurrency=2, max_requests=4, max_seconds=5.0, warmup_requests=2))
+    assert calls == 6
+    assert result.completed == 4 and result.started == 4
+    assert sorted(result.values) == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("bad", [{"concurrency": 0}, {"max_requests": 0}, {"max_seconds": 0.0}])
+def test_refuses_unbounded_or_empty_runs(bad):
+    arguments = {"concurrency": 1, "max_requests": 1, "max_seconds": 1.0} | bad
+    with pytest.raises(ValueError):
+        asyncio.run(run_load(sleeper(0), **arguments))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:80/api", "127.0.0.1:8001", "localhost:8001",
+                                 "http://[::1]:9000/x", "[::1]:8001", "http://LOCALHOST:1"])
+def test_loopback_urls_pass(url):
+    assert require_loopback(url) == url
+
+
+@pytest.mark.parametrize("url", ["http://example.com:8080", "10.0.0.5:8001", "http://192.168.1.2", "http://0.0.0.0:80",
+                                 "http://127.0.0.1.example.com/", "http://user@example.com", "", "http://"])
+def test_non_loopback_urls_are_refused(url):
+    with pytest.raises(NotLoopbackError, match="not loopback"):
+        require_loopback(url)
+
+
+def test_http_client_refuses_a_remote_base_url_and_a_remote_absolute_url():
+    with pytest.raises(NotLoopbackError):
+        loopback_http_client("http://example.com", connections=2, timeout_s=1.0)
+
+    async def absolute_url_request() -> None:
+        client = loopback_http_client("http://127.0.0.1:9", connections=2, timeout_s=1.0)
+        try:
+            await client.get("http://example.com/")  # refused by the request hook before any connection
+        finally:
+            await client.aclose()
+
+    with pytest.raises(NotLoopbackError):
+        asyncio.run(absolute_url_request())
+
+
+def result_with(samples_s: list[float], wall_s: float, concurrency: int = 1) -> LoadResult:
+    result = LoadResult(concurrency, max_requests=len(samples_s), max_seconds=10.0, started=len(samples_s), stopped_by="count")
+    result.stats = LatencyStats(samples=samples_s, wall_s=wall_s)
+    return result
+
+
+def test_overhead_ratios_read_rest_over_triton_for_latency_and_triton_over_rest_for_throughput():
+    rest = result_with([0.030] * 10, wall_s=0.30)  # 33.3 req/s
+    triton = result_with([0.020] * 10, wall_s=0.20)  # 50 req/s
+    assert overhead_ratios(rest, triton) == ("1.50x", "1.50x", "1.50x")
+    empty = result_with([], wall_s=0.0)
+    assert overhead_ratios(empty, triton) == ("n/a", "n/a", "n/a")
+
+
+def test_percentiles_and_row_formatting():
+    result = result_with([i / 1000 for i in range(1, 101)], wall_s=2.0, concurrency=2)  # 1..100 ms
+    result.stats.errors.append("RuntimeError: x")
+    result.started = 101
+    row = load_row("REST", result)
+    assert row[:5] == ["REST", "2", "100 of 101", "1", "50.00"]
+    assert row[5:10] == ["50.5", "95.0", "99.0", "50.5", "100.0"]  # p50, p95, p99, mean, max in ms
+    assert row[10] == "count (100 / 10 s)"
+    skipped = load_row("REST", LoadResult(4, 0, 0.0, skipped="time budget"))
+    assert skipped[1] == "4" and skipped[-1] == "skipped: time budget"
+
+
+def test_chunk_figures_pool_the_sessions_chunk_latencies():
+    sessions = result_with([0.3, 0.3], wall_s=0.6)
+    sessions.values = [[0.1, 0.1, 0.1], [0.1, 0.2, 0.1]]
+    chunks = chunk_result(sessions)
+    assert chunks.completed == 6
+    assert chunks.throughput == pytest.approx(10.0)
+    assert chunks.stats.max == pytest.approx(0.2)
