@@ -333,6 +333,9 @@ class Target:
     label: str = ""
     request_count: int = 0  # > 0: a fixed number of requests instead of stabilised time windows
     timeout_s: float = 90.0
+    # per-request timestamps (--profile-export-file): always for decoupled models; for others when the exact
+    # throughput of a fixed request count matters (perf_analyzer's own figure has whole-second resolution there)
+    profile_export: bool = False
 
     @property
     def name(self) -> str:
@@ -347,7 +350,7 @@ class Level:
     seconds: float
     row: dict = field(default_factory=dict)
     error: str = ""
-    responses: dict = field(default_factory=dict)  # decoupled: first/final response latency percentiles (ms)
+    responses: dict = field(default_factory=dict)  # from the profile export: first/final response percentiles (ms), throughput
 
 
 @dataclass
@@ -392,18 +395,21 @@ def pa_command(target: Target, level: int, data: Path, url: str, csv_path: Path,
     if target.kind == "sequence":
         cmd += ["--sequence-length", str(SEQUENCE_LENGTH), "--sequence-length-variation", "0"]
     if target.kind == "decoupled":
-        cmd += ["--streaming", "--profile-export-file", str(csv_path.with_suffix(".profile.json"))]
+        cmd += ["--streaming"]
+    if target.kind == "decoupled" or target.profile_export:
+        cmd += ["--profile-export-file", str(csv_path.with_suffix(".profile.json"))]
     return cmd
 
 
 def response_latencies(profile_path: Path) -> dict:
-    """Per-request time to the first and to the final response, from ``--profile-export-file`` (ns timestamps)."""
+    """Per-request time to the first and to the final response, and the throughput of the whole experiment
+    (requests / first send to last response), from ``--profile-export-file`` (ns timestamps)."""
     try:
         # the export embeds request inputs / outputs; binary ones (a PNG, an MP4) are written raw, not UTF-8
         export = json.loads(profile_path.read_bytes().decode("utf-8", errors="replace"), strict=False)
     except (OSError, ValueError):
         return {}
-    first, final, responses = [], [], []
+    first, final, responses, sent, done = [], [], [], [], []
     for experiment in export.get("experiments", [])[-1:]:
         for request in experiment.get("requests", []):
             stamps = request.get("response_timestamps") or []
@@ -413,10 +419,14 @@ def response_latencies(profile_path: Path) -> dict:
             first.append((min(stamps) - start) / 1e6)
             final.append((max(stamps) - start) / 1e6)
             responses.append(len(stamps))
+            sent.append(start)
+            done.append(max(stamps))
     if not first:
         return {}
     q = lambda values, p: float(np.percentile(values, p))  # noqa: E731
+    span_s = (max(done) - min(sent)) / 1e9
     return {"requests": len(first), "responses_per_request": float(np.mean(responses)),
+            "throughput": len(first) / span_s if span_s > 0 else float("nan"),
             **{f"first p{p}": q(first, p) for p in (50, 95, 99)}, **{f"final p{p}": q(final, p) for p in (50, 95, 99)}}
 
 

@@ -65,6 +65,7 @@ log = logging.getLogger("tuning")
 NOISE_MARGIN = 0.05
 # a variant may not buy throughput by starving some requests: its p99 must stay within this factor of the best p99
 P99_SLACK = 1.5
+DECISIONS_HEADER = ["model", "best measured settings", "defaults", "verdict"]
 TUNING_DATA_DIR = WORK_DIR / "tuning-data"
 
 
@@ -122,7 +123,7 @@ def experiments(quick: bool) -> list[Experiment]:
         Experiment("a2e-network", "LAM-A2E network: instances, onnxruntime threads, dynamic-batching delay",
                    A2E_NETWORK_MODEL, "stateless", 4, ("lam_a2e",),
                    ("network_instances", "onnx_threads", "network_queue_delay_us"), tuple(a2e_network),
-                   requests_per_client=100 if quick else 10),
+                   requests_per_client=100 if quick else 16),
         Experiment("a2e-stream", "LAM-A2E streaming: sequence-batcher delay, max batch, candidate sequences",
                    A2E_STREAM_MODEL, "sequence", 8, ("lam_a2e",),
                    ("stream_queue_delay_us", "stream_max_batch", "stream_candidate_sequences"), tuple(stream),
@@ -161,6 +162,13 @@ class VariantResult:
 
     @property
     def throughput(self) -> float:
+        """Requests / (first send to last response) from the per-request timestamps: perf_analyzer's own
+        Inferences/Second for a fixed request count divides by whole seconds, too coarse for runs of ~10 s."""
+        if not self.row:
+            return 0.0
+        exact = self.result.levels[0].responses.get("throughput")
+        if exact:
+            return float(exact)
         try:
             return float(self.row.get("Inferences/Second", 0) or 0)
         except ValueError:
@@ -218,7 +226,7 @@ def run_variant(experiment: Experiment, variant: Variant, base: BuildSettings, d
                          request_count=SEQUENCE_LENGTH if experiment.kind == "sequence" else 1, timeout_s=timeout_s)
         run_target(warm_up, data[experiment.slug], urls, env, WORK_DIR / "tuning-warm-up", interval_ms, max_trials, deadline)
         target = Target(experiment.model, experiment.kind, (experiment.concurrency,), label=label,
-                        request_count=experiment.requests_per_client, timeout_s=timeout_s)
+                        request_count=experiment.requests_per_client, timeout_s=timeout_s, profile_export=True)
         outcome.result = run_target(target, data[experiment.slug], urls, env, csv_dir, interval_ms, max_trials, deadline)
     except Exception as exc:  # noqa: BLE001 - a variant that cannot start is a recorded result, not the end of the suite
         outcome.error = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -346,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
         "",
     ]))
     decisions = write_report(report, all_results)
-    report.table("Decisions", ["model", "best measured settings", "defaults", "verdict"], decisions,
+    report.table("Decisions", DECISIONS_HEADER, decisions,
                  note="The defaults live in `export.build_repository.BuildSettings`; every generated `config.pbtxt` "
                       "(CPU and GPU targets) takes them from there.")
     md_path.parent.mkdir(parents=True, exist_ok=True)
