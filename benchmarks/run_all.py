@@ -1,21 +1,27 @@
 """Every benchmark in one command, one results file.
 
-    python -m benchmarks.run_all            # perf_analyzer suite + the three serving benchmarks: ~25-30 min on 2 cores
-    python -m benchmarks.run_all --quick    # the same, each in its quick variant: < 15 min (make bench runs the full one)
+    python -m benchmarks.run_all            # all seven steps, full variant: ~40 min on 2 cores (make bench)
+    python -m benchmarks.run_all --quick    # the same, each in its quick variant: ~15 min
 
 Runs, one after the other (each starts and stops its own ``tritonserver``, so they never share the cores):
 
-1. ``python -m benchmarks.perf_analyzer`` — perf_analyzer against every Triton model (CSV per model in
+1. ``benchmarks.perf_analyzer`` — perf_analyzer against every Triton model (CSV per model in
    ``benchmarks/results/perf_analyzer[-quick]/``);
-2. ``python -m benchmarks.a2e_bench`` — LAM-A2E: REST vs Triton gRPC vs in-process, real-time capacity;
-3. ``python -m benchmarks.emotion_llama_bench`` — Emotion-LLaMA: TTFT and tokens/s via Triton, REST SSE, REST unary;
-4. ``python -m benchmarks.hallo2_bench`` — Hallo2: seconds per step, overhead, cache, in process vs Triton;
+2. ``benchmarks.floor`` — FLOPs of one request per model from the network definitions, this machine's sustained
+   GEMM rate, and perf_analyzer's measured time over that floor;
+3. ``benchmarks.tuning`` — Triton configuration experiments (instances, batching delays, sequence-batcher
+   candidates, onnxruntime threads), each variant a rebuilt repository and a fresh server;
+4. ``benchmarks.a2e_bench`` — LAM-A2E: REST vs Triton gRPC vs in-process, real-time capacity;
+5. ``benchmarks.emotion_llama_bench`` — Emotion-LLaMA: TTFT and tokens/s via Triton, REST SSE, REST unary;
+6. ``benchmarks.hallo2_bench`` — Hallo2: seconds per step, overhead, cache, in process vs Triton;
+7. ``benchmarks.rest_load`` — async REST load generator: every documented route vs the same work sent to Triton
+   directly, front-end overhead as a ratio.
 
 ``--quick`` is passed to every one of them. Each writes its own results file; this script then writes
 ``benchmarks/RESULTS.md`` (``--out``): machine, versions, date, the exact commands, one table per model with
-p50/p95/p99 latency and throughput from the perf_analyzer CSVs, and the per-slice results files with their
-headline figures (REST/Triton ratios). Every step has a wall-clock timeout; a failed step is reported, not
-fatal for the others. Logs: ``benchmarks/.work/logs/run_all-<step>.log``.
+p50/p95/p99 latency and throughput from the perf_analyzer CSVs, and the other steps' results files with their
+headline sections (floor ratios, tuning decisions, REST/Triton ratios). Every step has a wall-clock timeout; a
+failed step is reported, not fatal for the others. Logs: ``benchmarks/.work/logs/run_all-<step>.log``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, WORK_DIR, machine_descr
 log = logging.getLogger("run_all")
 
 DEFAULT_OUT = PROJECT_ROOT / "benchmarks" / "RESULTS.md"
+STEP_NAMES = ("perf_analyzer", "floor", "tuning", "a2e", "emotion_llama", "hallo2", "rest_load")
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Step:
     timeout_s: float
     extra: list[str] = field(default_factory=list)
     headline_sections: tuple[str, ...] = ()  # "### <prefix>" sections of its report copied into RESULTS.md
+    headline_columns: tuple[str, ...] = ()  # the columns of a section's table quoted in the headlines (all if empty)
     rc: int | None = None
     seconds: float = 0.0
     error: str = ""
@@ -65,9 +73,16 @@ def steps(quick: bool) -> list[Step]:
     q = "-quick" if quick else ""
     a2e_profile = "tiny" if quick else "full"
     llm, encoders = ("tiny", "tiny") if quick else ("smollm2", "small")
+    # perf_analyzer (and the floor, at the same shapes) serve the tiny LAM-A2E in both variants: the full-size
+    # network is measured by a2e_bench and the tuning experiments
     return [
         Step("perf_analyzer", "perf_analyzer — every Triton model", "benchmarks.perf_analyzer",
              RESULTS_DIR / f"perf_analyzer{q}.md", 600.0 if quick else 900.0),
+        Step("floor", "FLOP floor — measured time over floor", "benchmarks.floor", RESULTS_DIR / f"floor{q}.md",
+             240.0 if quick else 420.0, headline_sections=("Measured time over floor", "Summary"),
+             headline_columns=("p50 / floor",)),
+        Step("tuning", "Triton configuration tuning", "benchmarks.tuning", RESULTS_DIR / f"tuning{q}.md",
+             360.0 if quick else 720.0, headline_sections=("Decisions",), headline_columns=("defaults",)),
         Step("a2e", "LAM-A2E", "benchmarks.a2e_bench", RESULTS_DIR / f"a2e-{a2e_profile}{q}.md", 300.0 if quick else 900.0,
              headline_sections=("2b.", "Summary")),
         Step("emotion_llama", "Emotion-LLaMA", "benchmarks.emotion_llama_bench",
@@ -75,6 +90,8 @@ def steps(quick: bool) -> list[Step]:
              headline_sections=("3. REST / Triton", "Summary")),
         Step("hallo2", "Hallo2", "benchmarks.hallo2_bench", RESULTS_DIR / f"hallo2-tiny{q}.md", 300.0 if quick else 480.0,
              headline_sections=("2c.", "Summary")),
+        Step("rest_load", "REST load generator — front end vs Triton-direct", "benchmarks.rest_load",
+             RESULTS_DIR / f"rest-load{q}.md", 420.0 if quick else 720.0, headline_sections=("1. REST / Triton-direct", "Summary")),
     ]
 
 
@@ -132,8 +149,9 @@ def md_sections(text: str, prefix: str) -> str:
     return "\n".join(out).strip()
 
 
-def table_headline(section: str) -> list[str]:
-    """Every row of the first markdown table in ``section`` as 'first cell: header value, ...'."""
+def table_headline(section: str, columns: tuple[str, ...] = ()) -> list[str]:
+    """Every row of the first markdown table in ``section`` as 'first cell: header value, ...' (only ``columns``
+    when given)."""
     rows = [line for line in section.splitlines() if line.startswith("|")]
     if len(rows) < 3:
         return []
@@ -142,7 +160,8 @@ def table_headline(section: str) -> list[str]:
     out = []
     for line in rows[2:]:
         values = cells(line)
-        out.append(f"{header[0]} {values[0]}: " + ", ".join(f"{h} {v}" for h, v in zip(header[1:], values[1:])))
+        pairs = [(h, v) for h, v in zip(header[1:], values[1:]) if not columns or h in columns]
+        out.append(f"{header[0]} {values[0]}: " + ", ".join(f"{h} {v}" for h, v in pairs))
     return out
 
 
@@ -270,7 +289,7 @@ def write_results(out: Path, quick: bool, all_steps: list[Step], started_at: _dt
         lines += [f"perf_analyzer step did not produce results: {pa_step.error or 'no summary file'}", ""]
 
     headlines: list[str] = []
-    lines += ["## Per-slice serving benchmarks (REST front end vs Triton vs in-process)", ""]
+    lines += ["## Floor, tuning, per-slice serving benchmarks, REST load", ""]
     for step in all_steps[1:]:
         lines += [f"### {step.title} — [`{rel(step.results)}`]({rel(step.results)})", ""]
         if step.rc != 0 or not step.results.exists():
@@ -288,14 +307,14 @@ def write_results(out: Path, quick: bool, all_steps: list[Step], started_at: _dt
                 lines += [section, ""]
             if prefix != "Summary" and section:
                 headlines.append(f"- {step.title} ({prefix.rstrip('.')} of [`{rel(step.results)}`]({rel(step.results)})): "
-                                 + "; ".join(table_headline(section)))
+                                 + "; ".join(table_headline(section, step.headline_columns)))
     if summary:
         ok, failed = driven_summary(summary)
         headlines.insert(0, f"- perf_analyzer: {len(ok)} of {len(summary.get('results', []))} model targets driven"
                             + (f"; not measured: {'; '.join(failed)}" if failed else " at every concurrency level"))
     if headlines:
         at = lines.index("## Steps and exact commands")
-        lines[at:at] = ["## Headline figures (ratios from the per-slice reports)", "", *headlines, ""]
+        lines[at:at] = ["## Headline figures (from the step reports)", "", *headlines, ""]
     lines += ["## How to read these figures", "",
               "See [`benchmarks/README.md`](README.md): REST/Triton is what the FastAPI front end adds on top of Triton "
               "(near 1x = cheap next to the model); Triton/in-process is what Triton adds over the bare pipeline. "
@@ -314,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="every benchmark in its quick variant (< 15 min in all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the combined results file (default benchmarks/RESULTS.md)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("perf_analyzer", "a2e", "emotion_llama", "hallo2"),
+    parser.add_argument("--skip", nargs="*", default=[], choices=STEP_NAMES,
                         help="steps to leave out (their existing results files are still linked)")
     args = parser.parse_args(argv)
 
