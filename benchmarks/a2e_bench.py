@@ -27,7 +27,6 @@ import datetime as _dt
 import logging
 import os
 import shlex
-import signal
 import sys
 import threading
 import time
@@ -47,6 +46,7 @@ from benchmarks.common import (
     latency_row,
     machine_description,
     ms,
+    raise_on_sigterm,
     ratio,
     settled_statistics,
     statistics_delta,
@@ -672,11 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
-    # SIGTERM (e.g. a CI timeout) → SystemExit, so the finally blocks stop tritonserver and the front end
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     return run(args)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,16 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = PROJECT_ROOT / "benchmarks" / ".work"
 RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
+
+
+def raise_on_sigterm() -> None:
+    """SIGTERM (``run_all``'s step timeout, a ``kill``) becomes KeyboardInterrupt, so the ``finally`` blocks stop
+    tritonserver, the front end and perf_analyzer instead of leaving them running."""
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 class Budget:

@@ -34,7 +34,6 @@ import logging
 import os
 import queue
 import shlex
-import signal
 import sys
 import threading
 import time
@@ -55,6 +54,7 @@ from benchmarks.common import (
     Report,
     machine_description,
     percentile,
+    raise_on_sigterm,
     ratio,
     settled_statistics,
     statistics_delta,
@@ -752,11 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
-    # SIGTERM (e.g. a CI timeout) → SystemExit, so the finally blocks stop tritonserver and the front end
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     return run(args)
 
 

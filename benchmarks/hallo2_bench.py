@@ -39,7 +39,6 @@ import os
 import queue
 import re
 import shlex
-import signal
 import sys
 import time
 from collections import defaultdict
@@ -57,6 +56,7 @@ from benchmarks.common import (
     LatencyStats,
     Report,
     machine_description,
+    raise_on_sigterm,
     versions,
 )
 from emoserve.processes import free_port
@@ -767,10 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be in 1..100")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     return run(args)
 
 

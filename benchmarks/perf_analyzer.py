@@ -43,7 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, WORK_DIR, Report, machine_description, versions
+from benchmarks.common import (
+    PROJECT_ROOT, RESULTS_DIR, WORK_DIR, Report, machine_description, raise_on_sigterm, versions,
+)
 from emoserve.processes import free_port
 
 log = logging.getLogger("perf_analyzer_bench")
@@ -713,10 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_budget is None:
         args.time_budget = 420.0 if args.quick else 600.0
 
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     return run(args)
 
 

@@ -33,7 +33,6 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from benchmarks.common import (
     Report,
     machine_description,
     ms,
+    raise_on_sigterm,
     ratio,
     versions,
 )
@@ -900,11 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
-    # SIGTERM (e.g. run_all's timeout) → SystemExit, so the finally blocks stop tritonserver and the front end
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     return run(args)
 
 

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, WORK_DIR, machine_description, versions
+from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, WORK_DIR, machine_description, raise_on_sigterm, versions
 
 log = logging.getLogger("run_all")
 
@@ -337,10 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps to leave out (their existing results files are still linked)")
     args = parser.parse_args(argv)
 
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     started_at = _dt.datetime.now(_dt.timezone.utc)
     started = time.perf_counter()
     all_steps = steps(args.quick)
