@@ -9,9 +9,9 @@ it (ONNX exports are cached by fingerprint, only the configs change), a fresh ``
 perf_analyzer drives the model under test at one fixed load. Experiments:
 
 1. ``lam_a2e`` (the A2E network, dynamic batching) at concurrency 4: instance count, onnxruntime intra-op
-   threads, dynamic-batching queue delay;
+   threads, dynamic-batching queue delay (0 / 2 / 10 ms);
 2. ``lam_a2e_stream`` (sequence batcher, ``oldest``) with 8 live 8-chunk sequences: queue delay, max batch
-   (= preferred batch), ``max_candidate_sequences``;
+   (= preferred batch, 4 / 8), ``max_candidate_sequences``;
 3. ``emotion_llama_llm`` (decoupled, token streaming) at concurrency 4: dynamic-batching queue delay.
 
 The verdict rule: the best variant is the one with the highest throughput among those whose p99 latency is
@@ -30,7 +30,6 @@ import dataclasses
 import datetime as _dt
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, WORK_DIR, Report, machine_description, versions
+from benchmarks.common import (
+    PROJECT_ROOT, RESULTS_DIR, WORK_DIR, Report, machine_description, raise_on_sigterm, versions,
+)
 from benchmarks.perf_analyzer import (
     LOG_DIR,
     SAMPLE_VIDEO,
@@ -62,7 +63,8 @@ from export.build_repository import BuildSettings, build_repository
 
 log = logging.getLogger("tuning")
 
-NOISE_MARGIN = 0.05
+# two full runs of the same settings differed by up to ~8 % in throughput on this 2-core machine
+NOISE_MARGIN = 0.10
 # a variant may not buy throughput by starving some requests: its p99 must stay within this factor of the best p99
 P99_SLACK = 1.5
 DECISIONS_HEADER = ["model", "best measured settings", "defaults", "verdict"]
@@ -101,6 +103,8 @@ DEFAULTS = Variant("current default")
 
 
 def experiments(quick: bool) -> list[Experiment]:
+    """The defaults plus the variants around them (labels name the moved value; a default that changes must be
+    moved out of its experiment's variants, which the tests check)."""
     a2e_network = [
         DEFAULTS,
         Variant("no batching delay", (("network_queue_delay_us", 0),)),
@@ -113,10 +117,10 @@ def experiments(quick: bool) -> list[Experiment]:
     ]
     llm = [DEFAULTS, Variant("no batching delay", (("llm_queue_delay_us", 0),))]
     if not quick:
-        a2e_network += [Variant("10 ms batching delay", (("network_queue_delay_us", 10000),)),
+        a2e_network += [Variant("2 ms batching delay", (("network_queue_delay_us", 2000),)),
                         Variant("1 instance x 1 thread", (("onnx_threads", 1),))]
         stream += [Variant("10 ms batching delay", (("stream_queue_delay_us", 10000),)),
-                   Variant("max batch 4", (("stream_max_batch", 4),))]
+                   Variant("max batch 8", (("stream_max_batch", 8),))]
         llm += [Variant("5 ms batching delay", (("llm_queue_delay_us", 5000),)),
                 Variant("50 ms batching delay", (("llm_queue_delay_us", 50000),))]
     return [
@@ -376,10 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_budget is None:
         args.time_budget = 240.0 if args.quick else 540.0
 
-    def _terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     return run(args)
 
 

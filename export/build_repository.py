@@ -64,10 +64,15 @@ class BuildSettings:
     checkpoint: Path | None = None
     tensorrt: bool = False
     network_max_batch: int = 16
-    network_queue_delay_us: int = 2000
+    # batching knobs: the values benchmarks/tuning.py kept (benchmarks/results/tuning*.md, CPU, full LAM-A2E).
+    # 10 ms lets 4 concurrent windows meet in one batch (p99 ~0.59 s vs ~1.07 s at 2 ms, same throughput); on the
+    # tiny test networks it costs up to 10 ms a call at low load
+    network_queue_delay_us: int = 10000
     network_instances: int = 1
     onnx_threads: int = 0
-    stream_max_batch: int = 8
+    # 8 live streams as two batches of 4: the first half is answered sooner (p99 ~1.07 s vs ~1.29 s at 8); a GPU
+    # host, where bigger batches are nearly free, should re-run the tuning experiments there
+    stream_max_batch: int = 4
     stream_queue_delay_us: int = 2000
     # sequences the oldest-first batcher may hold slots for; more live streams than this wait in a backlog
     stream_candidate_sequences: int = 1024
