@@ -1,6 +1,6 @@
 """perf_analyzer against every Triton model of the stack (gRPC; stateless, sequence and decoupled models).
 
-    python -m benchmarks.perf_analyzer            # 4 s windows, concurrency 1/2/4: ~9-10 min on 2 cores
+    python -m benchmarks.perf_analyzer            # 4 s windows, concurrency 1/2/4: ~12-13 min on 2 cores
     python -m benchmarks.perf_analyzer --quick    # 3 s windows, fewer levels for the Hallo2 networks: ~5-6 min
 
 It uses the ``perf_analyzer`` binary of ``tritonclient==2.51.0`` (``.venv/bin/perf_analyzer``, same release as
@@ -708,12 +708,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a2e-profile", choices=("tiny", "full"), default=None, help="LAM-A2E network size (default tiny)")
     parser.add_argument("--measurement-interval", type=int, default=None, help="ms per window (default 4000, 3000 with --quick)")
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds for all perf_analyzer runs (default 600, 420 with --quick); levels that do not fit are skipped")
+                        help="seconds for all perf_analyzer runs (default 780, 420 with --quick); levels that do not fit are skipped")
     parser.add_argument("--models", nargs="*", default=None, help="only these models")
     parser.add_argument("--out", type=Path, default=None, help="markdown report path")
     args = parser.parse_args(argv)
     if args.time_budget is None:
-        args.time_budget = 420.0 if args.quick else 600.0
+        args.time_budget = 420.0 if args.quick else 780.0
 
     raise_on_sigterm()
     return run(args)

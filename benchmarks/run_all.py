@@ -59,6 +59,7 @@ class Step:
     rc: int | None = None
     seconds: float = 0.0
     error: str = ""
+    skipped: bool = False  # --skip: its results file (if any) comes from an earlier run
 
     def command(self, quick: bool) -> list[str]:
         return [sys.executable, "-m", self.module, *(["--quick"] if quick else []), *self.extra,
@@ -77,7 +78,7 @@ def steps(quick: bool) -> list[Step]:
     # network is measured by a2e_bench and the tuning experiments
     return [
         Step("perf_analyzer", "perf_analyzer — every Triton model", "benchmarks.perf_analyzer",
-             RESULTS_DIR / f"perf_analyzer{q}.md", 600.0 if quick else 900.0),
+             RESULTS_DIR / f"perf_analyzer{q}.md", 600.0 if quick else 1080.0),
         Step("floor", "FLOP floor — measured time over floor", "benchmarks.floor", RESULTS_DIR / f"floor{q}.md",
              240.0 if quick else 420.0, headline_sections=("Measured time over floor", "Summary"),
              headline_columns=("p50 / floor",)),
@@ -131,6 +132,10 @@ def run_step(step: Step, quick: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------- report
+
+
+def results_time(path: Path) -> str:
+    return _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def md_sections(text: str, prefix: str) -> str:
@@ -268,9 +273,12 @@ def write_results(out: Path, quick: bool, all_steps: list[Step], started_at: _dt
         "|---|---|---|---|---|",
     ]
     for step in all_steps:
-        status = "ok" if step.rc == 0 else f"**failed**: {step.error.replace('|', '/')}"
+        status = "ok" if step.rc == 0 and not step.skipped else f"**failed**: {step.error.replace('|', '/')}"
+        if step.skipped:
+            status = step.error + (f" (written {results_time(step.results)})" if step.results.exists() else "")
         link = f"[`{rel(step.results)}`]({rel(step.results)})" if step.results.exists() else "—"
-        lines.append(f"| {step.name} | `{step.shown(quick)}` | {link} | {step.seconds:.0f} s | {status} |")
+        duration = "—" if step.skipped else f"{step.seconds:.0f} s"
+        lines.append(f"| {step.name} | `{step.shown(quick)}` | {link} | {duration} | {status} |")
     lines.append("")
 
     lines += ["## perf_analyzer — p50 / p95 / p99 latency and throughput per model", ""]
@@ -343,11 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     all_steps = steps(args.quick)
     for step in all_steps:
         if step.name in args.skip:
+            step.skipped = True
             step.rc = 0 if step.results.exists() else None
             step.error = "skipped (--skip); results file from an earlier run" if step.results.exists() else "skipped (--skip)"
             continue
         run_step(step, args.quick)
-    command = "python -m benchmarks.run_all" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.run_all" + (" --quick" if args.quick else "") + (
+        " --skip " + " ".join(args.skip) if args.skip else "")
     text = write_results(args.out.resolve(), args.quick, all_steps, started_at, time.perf_counter() - started, command)
     print(text)
     log.info("wrote %s in %.1f min", args.out, (time.perf_counter() - started) / 60)

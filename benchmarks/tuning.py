@@ -268,8 +268,11 @@ def verdict(results: list[VariantResult], margin: float = NOISE_MARGIN) -> Verdi
     if default is None or not default.row:
         return Verdict(best, default, True, "the default was not measured: no verdict, defaults unchanged")
     if default in candidates and default.throughput >= (1 - margin) * best.throughput:
-        gap = "" if best is default else f" ({best.variant.label} {best.throughput / default.throughput:.2f}x, within the {margin:.0%} noise margin)"
-        return Verdict(best, default, True, f"keep the defaults: the current default is the best measured{gap}")
+        if best is default:
+            return Verdict(best, default, True, "keep the defaults: the current default is the best measured")
+        return Verdict(best, default, True, f"keep the defaults: the best measured, {best.variant.label}, serves "
+                                            f"{best.throughput / default.throughput:.2f}x the default's throughput — "
+                                            f"within the {margin:.0%} noise margin")
     changed = {k: v for k, v in best.variant.overrides}
     return Verdict(best, default, False,
                    f"**change the defaults**: {best.variant.label} serves {best.throughput / default.throughput:.2f}x the "
