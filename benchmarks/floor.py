@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, WORK_DIR, Report, machine_description, versions
+from benchmarks.perf_analyzer import server_compute_us
 from emoserve.constants import NUM_MULTIMODAL_TOKENS, SAMPLE_RATE, WINDOW_SAMPLES
 from emoserve.model_catalog import (
     A2E_NETWORK_MODEL,
@@ -95,7 +96,6 @@ log = logging.getLogger("floor")
 
 ENGINE_ORT = "onnxruntime"
 ENGINE_TORCH = "torch"
-SERVER_COMPUTE_COLUMNS = ("Server Compute Input", "Server Compute Infer", "Server Compute Output")
 
 
 # --------------------------------------------------------------------------------------------- GEMM rate
@@ -846,7 +846,7 @@ def measured_at_concurrency_1(summary: dict) -> dict[str, Measured]:
         else:
             row = level["row"]
             try:
-                compute = sum(float(row.get(k, 0) or 0) for k in SERVER_COMPUTE_COLUMNS) / 1000
+                compute = server_compute_us(row) / 1000
                 p50 = float(row["p50 latency"]) / 1000
                 out[target["model"]] = Measured(compute, p50)
             except (KeyError, ValueError) as exc:

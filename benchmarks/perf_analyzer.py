@@ -552,6 +552,11 @@ def us_to_ms(value: str) -> str:
         return "n/a"
 
 
+def server_compute_us(row: dict) -> float:
+    """Triton's compute time of a perf_analyzer CSV row: input + infer + output, µs."""
+    return sum(float(row.get(k, 0) or 0) for k in ("Server Compute Input", "Server Compute Infer", "Server Compute Output"))
+
+
 def rate(value: str) -> str:
     try:
         number = float(value)
@@ -570,7 +575,7 @@ def level_row(result: TargetResult, level: Level) -> list[str]:
     if not level.ok:
         return [f"`{t.model}`", t.protocol, str(level.concurrency), "—", "—", "—", "—", "—", "—", "—", level.error.replace("|", "/")]
     r = level.row
-    compute = sum(float(r.get(k, 0) or 0) for k in ("Server Compute Input", "Server Compute Infer", "Server Compute Output"))
+    compute = server_compute_us(r)
     notes = [{"sequence": f"{SEQUENCE_LENGTH}-chunk sequences; concurrency = live sequences",
               "decoupled": DECOUPLED_NOTE}.get(t.kind, "")]
     if t.request_count:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import PROJECT_ROOT, RESULTS_DIR, WORK_DIR, machine_description, raise_on_sigterm, versions
+from benchmarks.perf_analyzer import server_compute_us
 
 log = logging.getLogger("run_all")
 
@@ -200,7 +201,7 @@ def perf_analyzer_tables(summary: dict, csv_dir: Path) -> list[str]:
                                 f"**not measured**: {level['error'].replace('|', '/')} |")
                     continue
                 row, resp = level["row"], level.get("responses") or {}
-                compute = sum(float(row.get(k, 0) or 0) for k in ("Server Compute Input", "Server Compute Infer", "Server Compute Output"))
+                compute = server_compute_us(row)
                 notes = [level.get("error", "")]
                 if resp:
                     notes.insert(0, f"first response p50/p95/p99 {resp['first p50']:.1f} / {resp['first p95']:.1f} / "

@@ -54,6 +54,7 @@ from benchmarks.perf_analyzer import (
     pa_environment,
     perf_analyzer_version,
     run_target,
+    server_compute_us,
     us_to_ms,
     write_json,
 )
@@ -290,7 +291,7 @@ def variant_row(experiment: Experiment, outcome: VariantResult, decision: Verdic
     if not outcome.row:
         return [label, settings, "—", "—", "—", "—", "—", "—", outcome.failure.replace("|", "/")]
     row = outcome.row
-    compute = sum(float(row.get(k, 0) or 0) for k in ("Server Compute Input", "Server Compute Infer", "Server Compute Output"))
+    compute = server_compute_us(row)
     note = outcome.result.levels[0].error if outcome.result else ""
     return [label, settings, f"{outcome.throughput:.1f}", us_to_ms(row.get("p50 latency")), us_to_ms(row.get("p95 latency")),
             us_to_ms(row.get("p99 latency")), us_to_ms(row.get("Server Queue")), f"{compute / 1000:.1f}", note]
