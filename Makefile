@@ -23,7 +23,7 @@ repo: $(STAMP)
 	$(PY) -m export.build_repository --target cpu --profile full --out model_repository
 
 run: $(STAMP)
-	$(PY) -m emoserve.stack --host 127.0.0.1 --port 8080
+	$(PY) -m stack --host 127.0.0.1 --port 8080
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests

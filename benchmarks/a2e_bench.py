@@ -53,7 +53,7 @@ from benchmarks.common import (
     versions,
 )
 from emoserve.constants import SAMPLE_RATE
-from emoserve.processes import FrontendProcess, free_port
+from stack.processes import FrontendProcess, free_port
 
 EXAMPLE_WAV = PROJECT_ROOT / "examples" / "speech.wav"
 
@@ -316,8 +316,8 @@ def run_sessions(count: int, driver: Callable[[int, threading.Barrier, float, fl
 
 def inprocess_stream(runner, speech: np.ndarray, concurrency: int, chunk_count: int, stop_at: float) -> LatencyStats:
     """The Triton stream model's pipeline without Triton: every session's chunk k in ONE ``process`` call."""
-    from emoserve.a2e.postprocess import PostprocessOptions
-    from emoserve.a2e.sessions import ChunkRequest, StreamSessionStore
+    from emoserve.lam_a2e.postprocess import PostprocessOptions
+    from emoserve.lam_a2e.sessions import ChunkRequest, StreamSessionStore
 
     store = StreamSessionStore()
     chunks = [session_chunks(speech, s, chunk_count) for s in range(concurrency)]
@@ -534,10 +534,10 @@ def default_out(profile: str, quick: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoserve.a2e.onnx_runner import A2EOnnxRunner
+    from emoserve.lam_a2e.onnx_runner import A2EOnnxRunner
     from emoserve.audio import encode_wav
     from emoserve.model_catalog import A2E_NETWORK_MODEL
-    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from stack.triton_server import TritonServer, TritonServerOptions
     from export.build_repository import BuildSettings
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN

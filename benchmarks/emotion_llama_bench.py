@@ -60,7 +60,7 @@ from benchmarks.common import (
     statistics_delta,
     versions,
 )
-from emoserve.processes import FrontendProcess, free_port
+from stack.processes import FrontendProcess, free_port
 
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
 SAMPLE_VIDEO = EXAMPLES_DIR / "sample_emotion.mp4"
@@ -595,7 +595,7 @@ def default_out(llm: str, encoders: str, quick: bool) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from emoserve.model_catalog import EMOTION_LLM_MODEL
-    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from stack.triton_server import TritonServer, TritonServerOptions
     from export.build_repository import BuildSettings
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN

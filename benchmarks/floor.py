@@ -422,25 +422,25 @@ class TorchNetworks:
     def _build(self, model: str) -> dict[str, tuple[Any, Any]]:
         import torch
 
-        from export import spec as specs
-
         s = self.settings
         if model == A2E_NETWORK_MODEL:
-            from emoserve.a2e.network import LamA2ENetwork
+            from emoserve.lam_a2e.network import LamA2ENetwork
+            from export.lam_a2e import A2ENetworkSpec
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(s.seed)
                 network = LamA2ENetwork(s.profile).eval()
-            return {model: (network, specs.A2ENetworkSpec())}
+            return {model: (network, A2ENetworkSpec())}
         if model in (EMOTION_VISION_MODEL, EMOTION_AUDIO_MODEL):
             from emoserve.emotion_llama.encoders import build_encoders
+            from export.emotion_llama import AudioEncoderSpec, VisionEncoderSpec
 
             hidden = self.llm_hidden()
             vision, audio = build_encoders(s.encoder_profile, llm_hidden=hidden, seed=s.seed)
-            return {EMOTION_VISION_MODEL: (vision, specs.VisionEncoderSpec(llm_hidden=hidden)),
-                    EMOTION_AUDIO_MODEL: (audio, specs.AudioEncoderSpec(llm_hidden=hidden))}
+            return {EMOTION_VISION_MODEL: (vision, VisionEncoderSpec(llm_hidden=hidden)),
+                    EMOTION_AUDIO_MODEL: (audio, AudioEncoderSpec(llm_hidden=hidden))}
         if model in HALLO2_NETWORK_MODELS:
-            from export.hallo2_repository import _networks  # the (module, spec) pairs the repository exports
+            from export.hallo2 import _networks  # the (module, spec) pairs the repository exports
 
             return {name: (network.eval(), spec) for name, (network, spec) in _networks(s).items()}
         raise KeyError(f"{model} is not an exported network")
@@ -571,8 +571,8 @@ def count_a2e_offline(row: dict, nets: TorchNetworks) -> ModelCount:
 def count_a2e_stream(sequence: list[dict], nets: TorchNetworks) -> ModelCount:
     """``lam_a2e_stream``: one perf_analyzer sequence through ``StreamSessionStore`` (what the Triton model
     runs), every window through the network; per request = per chunk, averaged over the sequence."""
-    from emoserve.a2e.postprocess import PostprocessOptions
-    from emoserve.a2e.sessions import ChunkRequest, StreamSessionStore
+    from emoserve.lam_a2e.postprocess import PostprocessOptions
+    from emoserve.lam_a2e.sessions import ChunkRequest, StreamSessionStore
 
     calls, flops, windows = 0, 0, []
 
@@ -718,7 +718,7 @@ def count_hallo2_pipeline(row: dict, nets: TorchNetworks) -> tuple[ModelCount, C
 def llm_folder_for(settings, repository: Path) -> Path:
     """The repository's LLM weight folder, or the same LLM prepared once under ``.work/floor/`` (same seed)."""
     from emoserve.emotion_llama import llm
-    from export.emotion_llama_repository import LLM_FOLDER, _prepare_llm
+    from export.emotion_llama import LLM_FOLDER, _prepare_llm
 
     served = repository / EMOTION_LLM_MODEL / "1" / LLM_FOLDER
     if llm.is_complete(served):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from emoserve.a2e.network import build_network
+from emoserve.lam_a2e.network import build_network
 from emoserve.constants import WINDOW_SAMPLES
 
 

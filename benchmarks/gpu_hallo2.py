@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from emoserve.hallo2.unet import build_denoising_unet, build_reference_unet
-from export.spec import DenoisingUNetSpec, ReferenceUNetSpec
+from export.hallo2 import DenoisingUNetSpec, ReferenceUNetSpec
 
 
 def _timed(fn, repeats: int) -> float:

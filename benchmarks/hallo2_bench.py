@@ -59,7 +59,7 @@ from benchmarks.common import (
     raise_on_sigterm,
     versions,
 )
-from emoserve.processes import free_port
+from stack.processes import free_port
 
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
 SAMPLE_VIDEO = EXAMPLES_DIR / "sample_emotion.mp4"
@@ -204,7 +204,7 @@ class InProcess:
         from emoserve.hallo2.profile import HALLO2_PROFILES
         from emoserve.hallo2.served_networks import ServedHallo2Networks, onnx_caller
         from emoserve.model_catalog import HALLO2_DENOISING_UNET_MODEL
-        from export.spec import ReferenceUNetSpec
+        from export.hallo2 import ReferenceUNetSpec
 
         self.reference_features = len(ReferenceUNetSpec(profile=PROFILE).get_output_names())
         self.caller = TimedCaller(onnx_caller(repository), HALLO2_DENOISING_UNET_MODEL)
@@ -627,7 +627,7 @@ def ensure_repository() -> Path:
 
 def run(args) -> int:
     from emoserve.model_catalog import HALLO2_NETWORK_MODELS
-    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from stack.triton_server import TritonServer, TritonServerOptions
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.steps is not None:

@@ -46,7 +46,7 @@ import numpy as np
 from benchmarks.common import (
     PROJECT_ROOT, RESULTS_DIR, WORK_DIR, Report, machine_description, raise_on_sigterm, versions,
 )
-from emoserve.processes import free_port
+from stack.processes import free_port
 
 log = logging.getLogger("perf_analyzer_bench")
 
@@ -183,7 +183,7 @@ def capture_hallo2_inputs(repository: Path, portrait: np.ndarray, audio: np.ndar
     from emoserve.hallo2.pipeline import GenerationSettings, Hallo2Pipeline
     from emoserve.hallo2.profile import HALLO2_PROFILES
     from emoserve.hallo2.served_networks import ServedHallo2Networks, onnx_caller
-    from export.spec import ReferenceUNetSpec
+    from export.hallo2 import ReferenceUNetSpec
 
     inner = onnx_caller(repository)
     captured: dict[str, dict[str, np.ndarray]] = {}
@@ -639,7 +639,7 @@ def outputs_for(quick: bool) -> tuple[Path, Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from stack.triton_server import TritonServer, TritonServerOptions
 
     started_at = _dt.datetime.now(_dt.timezone.utc)
     suite_started = time.monotonic()

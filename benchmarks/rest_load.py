@@ -357,9 +357,9 @@ def build_scenarios(http, engine, inputs: Inputs, plan: Plan) -> list[Scenario]:
         EMOTION_PIPELINE_MODEL,
         HALLO2_PIPELINE_MODEL,
     )
-    from frontend.hallo2_tasks import CANCELLED, COMPLETED, FAILED
-    from frontend.routers.emotion_llama import Sampling
-    from frontend.schemas import StreamInitRequest
+    from frontend.hallo2.tasks import CANCELLED, COMPLETED, FAILED
+    from frontend.emotion_llama.router import Sampling
+    from frontend.lam_a2e.schemas import StreamInitRequest
 
     # /api/infer with only the file: id_idx 0, no vocal extraction, no smoothing, no brows; the route's seed is 0
     async def rest_infer() -> np.ndarray:
@@ -425,7 +425,7 @@ def build_scenarios(http, engine, inputs: Inputs, plan: Plan) -> list[Scenario]:
         return _checked(await http.post("/api/predict/", json=body), "/api/predict/").json()["data"][0]
 
     async def triton_predict() -> str:
-        # the route reads the file and probes it, then relays exactly this stream (frontend.routers.emotion_llama.answer)
+        # the route reads the file and probes it, then relays exactly this stream (frontend.emotion_llama.router.answer)
         async with contextlib.aclosing(engine.stream_emotion_llama(inputs.video, PROMPT_TEXT, sampling.as_inputs(),
                                                                    llama_timeout)) as events:
             async for event in events:
@@ -811,8 +811,8 @@ def default_out(quick: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoserve.processes import FrontendProcess, free_port
-    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from stack.processes import FrontendProcess, free_port
+    from stack.triton_server import TritonServer, TritonServerOptions
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.time_budget is not None:

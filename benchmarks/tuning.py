@@ -59,7 +59,7 @@ from benchmarks.perf_analyzer import (
     write_json,
 )
 from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_STREAM_MODEL, EMOTION_LLM_MODEL
-from emoserve.processes import free_port
+from stack.processes import free_port
 from export.build_repository import BuildSettings, build_repository
 
 log = logging.getLogger("tuning")
@@ -208,7 +208,7 @@ def input_rows(experiment: Experiment, grpc_url: str) -> list:
 
 def run_variant(experiment: Experiment, variant: Variant, base: BuildSettings, data: dict[str, Path], env: dict[str, str],
                 csv_dir: Path, interval_ms: int, max_trials: int, deadline: float) -> VariantResult:
-    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from stack.triton_server import TritonServer, TritonServerOptions
 
     settings = variant.settings(dataclasses.replace(base, slices=experiment.slices))
     outcome = VariantResult(variant, settings)

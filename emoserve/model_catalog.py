@@ -46,6 +46,7 @@ RESULT_METADATA = "RESULT_METADATA"  # final response: JSON (finish reason, emot
 # ---- Emotion-LLaMA: the encoders (also the ONNX graphs' names) --------------------------------------
 EMOTION_VISION_MODEL = "emotion_llama_vision"  # EVA ViT-g + ln_vision + llama_proj / cls_tk_llama_proj
 EMOTION_AUDIO_MODEL = "emotion_llama_audio"  # HuBERT + feats_llama_proj1/2/3
+EMOTION_LLAMA_MODELS = (EMOTION_VISION_MODEL, EMOTION_AUDIO_MODEL, EMOTION_LLM_MODEL, EMOTION_PIPELINE_MODEL)
 
 PIXEL_VALUES = "pixel_values"  # float32 [batch, 3, 448, 448], CLIP-normalised RGB
 IMAGE_TOKENS = "image_tokens"  # float32 [batch, 256, llm hidden]

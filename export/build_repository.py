@@ -25,34 +25,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from emoserve.constants import NUM_BLENDSHAPES
-from emoserve.model_catalog import (
-    A2E_NETWORK_MODEL,
-    A2E_OFFLINE_MODEL,
-    A2E_STREAM_MODEL,
-    AUDIO,
-    AUDIO_BYTES,
-    BLENDSHAPES,
-    BROW_MOVEMENT,
-    CHUNK_INDEX,
-    EX_VOL,
-    FIRST_FRAME_INDEX,
-    ID_IDX,
-    MOVEMENT_SMOOTH,
-    NETWORK_AUDIO,
-    NETWORK_BLENDSHAPES,
-    NETWORK_IDENTITY,
-    SEED,
-    WEIGHTS_PARAMETER,
-)
-
-from export.pbtxt import onnx_network_header, optional_scalars, parameter, tensor, tensor_block
+from emoserve.model_catalog import A2E_MODELS, EMOTION_LLAMA_MODELS, HALLO2_MODELS
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_REPOSITORY = PROJECT_ROOT / "model_repository"
-A2E_PYTHON_MODELS = (A2E_NETWORK_MODEL, A2E_STREAM_MODEL, A2E_OFFLINE_MODEL)
 SLICES = ("lam_a2e", "emotion_llama", "hallo2")
 
 
@@ -105,83 +83,8 @@ class BuildSettings:
         return f"demo: seeded-random weights (seed {self.seed}), {self.profile} profile - NOT a trained model"
 
 
-def network_config(settings: BuildSettings) -> str:
-    # the graph takes id_idx as [batch]: the native backends reshape Triton's [batch, 1] to it
-    identity_extra = "reshape: { shape: [ ] }" if settings.target == "gpu" else ""
-    return "\n".join([
-        *onnx_network_header(A2E_NETWORK_MODEL, settings, max_batch=settings.network_max_batch,
-                             queue_delay_us=settings.network_queue_delay_us, instances=settings.network_instances,
-                             tensorrt=settings.tensorrt),
-        *tensor_block("input", [tensor(NETWORK_AUDIO, "TYPE_FP32", "-1"), tensor(NETWORK_IDENTITY, "TYPE_INT64", "1", identity_extra)]),
-        *tensor_block("output", [tensor(NETWORK_BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}")]),
-        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
-        "",
-    ])
-
-
-def stream_config(settings: BuildSettings) -> str:
-    inputs = [
-        tensor(AUDIO, "TYPE_FP32", "-1", "allow_ragged_batch: true"),
-        *optional_scalars((ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"), (SEED, "TYPE_UINT64")),
-    ]
-    outputs = [
-        tensor(BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}"),
-        tensor(FIRST_FRAME_INDEX, "TYPE_INT64", "1"),
-        tensor(CHUNK_INDEX, "TYPE_INT64", "1"),
-    ]
-    idle_us = int(settings.stream_idle_timeout_s * 1_000_000)
-    return "\n".join([
-        f'name: "{A2E_STREAM_MODEL}"',
-        'backend: "python"',
-        f"max_batch_size: {settings.stream_max_batch}",
-        *tensor_block("input", inputs),
-        *tensor_block("output", outputs),
-        "sequence_batching {",
-        f"  max_sequence_idle_microseconds: {idle_us}",
-        "  control_input [",
-        '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },',
-        '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },',
-        '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }',
-        "  ]",
-        "  oldest {",
-        f"    max_candidate_sequences: {settings.stream_candidate_sequences}",
-        f"    preferred_batch_size: [ {settings.stream_max_batch} ]",
-        f"    max_queue_delay_microseconds: {settings.stream_queue_delay_us}",
-        "  }",
-        "}",
-        # one instance: a sequence's state lives in exactly one stub process
-        "instance_group [ { count: 1 kind: KIND_CPU } ]",
-        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
-        "",
-    ])
-
-
-def offline_config(settings: BuildSettings) -> str:
-    inputs = [
-        tensor(AUDIO, "TYPE_FP32", "-1", "optional: true"),
-        *optional_scalars(
-            (AUDIO_BYTES, "TYPE_STRING"), (ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"),
-            (EX_VOL, "TYPE_BOOL"), (SEED, "TYPE_UINT64"),
-        ),
-    ]
-    return "\n".join([
-        f'name: "{A2E_OFFLINE_MODEL}"',
-        'backend: "python"',
-        "max_batch_size: 0",
-        *tensor_block("input", inputs),
-        *tensor_block("output", [tensor(BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}")]),
-        f"instance_group [ {{ count: {settings.offline_instances} kind: KIND_CPU }} ]",
-        parameter("max_audio_seconds", settings.max_audio_seconds),
-        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
-        "",
-    ])
-
-
 def slice_models(slice_name: str) -> tuple[str, ...]:
-    from export.emotion_llama_repository import EMOTION_LLAMA_MODELS
-    from emoserve.model_catalog import HALLO2_MODELS
-
-    return {"lam_a2e": A2E_PYTHON_MODELS, "emotion_llama": EMOTION_LLAMA_MODELS, "hallo2": HALLO2_MODELS}[slice_name]
+    return {"lam_a2e": A2E_MODELS, "emotion_llama": EMOTION_LLAMA_MODELS, "hallo2": HALLO2_MODELS}[slice_name]
 
 
 def _copy_python_sources(out: Path, models: tuple[str, ...]) -> None:
@@ -194,39 +97,6 @@ def _copy_python_sources(out: Path, models: tuple[str, ...]) -> None:
         shutil.copy2(source, target)
 
 
-def _export_network(settings: BuildSettings, version_dir: Path) -> Path:
-    from emoserve.a2e.network import build_network, load_official_checkpoint
-    from export.onnx_export import export_onnx
-    from export.spec import A2ENetworkSpec
-
-    onnx_path = version_dir / "model.onnx"
-    if settings.checkpoint is not None:
-        network = load_official_checkpoint(settings.checkpoint, settings.profile)
-    else:
-        network = build_network(settings.profile, seed=settings.seed)
-    spec = A2ENetworkSpec(max_batch=settings.network_max_batch)
-    export_onnx(network, spec, onnx_path)
-    return onnx_path
-
-
-def _build_a2e(out: Path, settings: BuildSettings) -> dict[str, str]:
-    version_dir = out / A2E_NETWORK_MODEL / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = _export_network(settings, version_dir)
-    if settings.target == "gpu":
-        # the native backend replaces the python adapter on the GPU target
-        (version_dir / "model.py").unlink(missing_ok=True)
-        if settings.tensorrt:
-            from export.tensorrt import build_a2e_plan
-
-            build_a2e_plan(onnx_path, version_dir / "model.plan", max_batch=settings.network_max_batch)
-    return {
-        A2E_NETWORK_MODEL: network_config(settings),
-        A2E_STREAM_MODEL: stream_config(settings),
-        A2E_OFFLINE_MODEL: offline_config(settings),
-    }
-
-
 def build_repository(out: Path, settings: BuildSettings) -> Path:
     out = Path(out)
     unknown = set(settings.slices) - set(SLICES)
@@ -237,13 +107,15 @@ def build_repository(out: Path, settings: BuildSettings) -> Path:
     for slice_name in settings.slices:
         _copy_python_sources(out, slice_models(slice_name))
         if slice_name == "lam_a2e":
-            configs.update(_build_a2e(out, settings))
+            from export.lam_a2e import build_lam_a2e
+
+            configs.update(build_lam_a2e(out, settings))
         elif slice_name == "emotion_llama":
-            from export.emotion_llama_repository import build_emotion_llama
+            from export.emotion_llama import build_emotion_llama
 
             configs.update(build_emotion_llama(out, settings))
         else:
-            from export.hallo2_repository import build_hallo2
+            from export.hallo2 import build_hallo2
 
             configs.update(build_hallo2(out, settings))
     for model, text in configs.items():
@@ -256,11 +128,11 @@ def build_repository(out: Path, settings: BuildSettings) -> Path:
                     "weights": settings.weights_description(), "tensorrt": settings.tensorrt},
     }
     if "emotion_llama" in settings.slices:
-        from export.emotion_llama_repository import describe_weights
+        from export.emotion_llama import describe_weights
 
         manifest["emotion_llama"] = {"llm": settings.llm, "encoder_profile": settings.encoder_profile, "weights": describe_weights(settings)["all"]}
     if "hallo2" in settings.slices:
-        from export.hallo2_repository import describe_weights as describe_hallo2
+        from export.hallo2 import describe_weights as describe_hallo2
 
         manifest["hallo2"] = {"profile": settings.hallo2_profile, "weights": describe_hallo2(settings)}
     (out / "weights.json").write_text(json.dumps(manifest, indent=2) + "\n")

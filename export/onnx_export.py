@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.spec import A2E_EXPORT_SAMPLE_SHAPE, BaseNetworkSpec
+from export.base import BaseNetworkSpec
 
-__all__ = ["export_onnx", "validate_onnx", "export_fingerprint", "EXPORT_SAMPLE_SHAPE"]
+__all__ = ["export_onnx", "validate_onnx", "export_fingerprint"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ _LOG = logging.getLogger(__name__)
 # and a sample count whose frame count (ceil(20000 * 30 / 16000) = 38) is not an exact division,
 # exercising the ceil in the graph.  Each spec names its own trace shape
 # (``spec.get_export_sample_shape()``); validation should use other shapes.
-EXPORT_SAMPLE_SHAPE: tuple[int, int] = A2E_EXPORT_SAMPLE_SHAPE
 _EXPORTER_VERSION = 1
 
 

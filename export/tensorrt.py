@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.spec import A2ENetworkSpec
+from export.lam_a2e import A2ENetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def validate_plan(plan_path: Path, onnx_path: Path, shapes: list[tuple[int, int]
     trt = _tensorrt()
     import torch
 
-    from emoserve.a2e.onnx_runner import A2EOnnxRunner
+    from emoserve.lam_a2e.onnx_runner import A2EOnnxRunner
 
     spec = A2ENetworkSpec()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

@@ -1,4 +1,4 @@
-"""``python -m frontend``: run the REST front end against a running Triton (see ``emoserve.stack`` for both)."""
+"""``python -m frontend``: run the REST front end against a running Triton (see ``stack`` for both)."""
 
 from __future__ import annotations
 

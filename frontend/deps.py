@@ -9,7 +9,7 @@ from fastapi import Depends, Request, UploadFile
 
 from frontend.config import Settings
 from frontend.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
-from frontend.sessions import SessionRegistry
+from frontend.lam_a2e.sessions import SessionRegistry
 from frontend.triton import TritonEngine
 
 _READ_BLOCK = 1 << 20

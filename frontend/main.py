@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from frontend.config import Settings
 from emoserve.model_catalog import HALLO2_MODELS, HALLO2_PIPELINE_MODEL
 from frontend.errors import ServiceUnavailable, install_error_handlers
-from frontend.hallo2_app import install_hallo2
-from frontend.hallo2_worker import TaskInputs
-from frontend.routers import emotion_llama, lam_a2e
-from frontend.sessions import SessionRegistry, StreamSession
+from frontend.hallo2.service import install_hallo2
+from frontend.hallo2.worker import TaskInputs
+from frontend.emotion_llama import router as emotion_llama
+from frontend.lam_a2e import router as lam_a2e
+from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
 from frontend.triton import TritonEngine
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from emoserve.processes import FrontendProcess, free_port  # noqa: F401  (re-exported for tests)
+from stack.processes import FrontendProcess, free_port  # noqa: F401  (re-exported for tests)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = PROJECT_ROOT / "examples"
@@ -60,7 +60,7 @@ def tiny_repository(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def triton_server(tiny_repository):
-    from emoserve.triton_launcher import TritonServer, TritonServerOptions
+    from stack.triton_server import TritonServer, TritonServerOptions
 
     options = TritonServerOptions(tiny_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     server = TritonServer(options)

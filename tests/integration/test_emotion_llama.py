@@ -40,7 +40,7 @@ from emoserve.model_catalog import (
     VIDEO,
 )
 from emoserve.onnx_runner import OnnxRunner
-from emoserve.sdk import EmotionLLaMA, EmotionLLaMAError
+from sdk import EmotionLLaMA, EmotionLLaMAError
 from tests.conftest import EXAMPLES
 
 SAMPLE_VIDEO = EXAMPLES / "sample_emotion.mp4"

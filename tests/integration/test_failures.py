@@ -12,7 +12,7 @@ import tritonclient.http as httpclient
 
 from emoserve.audio import encode_wav
 from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_OFFLINE_MODEL, A2E_STREAM_MODEL
-from emoserve.triton_launcher import TritonServer, TritonServerOptions
+from stack.triton_server import TritonServer, TritonServerOptions
 from tests.conftest import FrontendProcess, free_port, speech_like
 
 

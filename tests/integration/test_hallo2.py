@@ -30,7 +30,7 @@ from emoserve.model_catalog import (
     RESULT_METADATA,
     VIDEO_MP4,
 )
-from emoserve.processes import FrontendProcess
+from stack.processes import FrontendProcess
 from tests.conftest import EXAMPLES, speech_like
 
 STEPS = 2
@@ -94,7 +94,7 @@ def test_triton_pipeline_equals_in_process_pipeline(triton_server, tiny_reposito
     assert frames.shape == (25, 64, 64, 3) and kinds == ["video", "audio"]  # 1 s at 25 fps, with the input audio
     assert metadata["frames"] == 25 and metadata["steps"] == STEPS and "seeded-random" in metadata["weights"]
 
-    from export.spec import ReferenceUNetSpec
+    from export.hallo2 import ReferenceUNetSpec
 
     networks = ServedHallo2Networks(onnx_caller(tiny_repository), len(ReferenceUNetSpec(profile="tiny").get_output_names()))
     pipeline = Hallo2Pipeline(networks, HALLO2_PROFILES["tiny"])

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 from emoserve.audio import decode_audio, encode_wav
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, SAMPLE_RATE
 from emoserve.model_catalog import A2E_OFFLINE_MODEL, AUDIO, BLENDSHAPES, BROW_MOVEMENT, ID_IDX, MOVEMENT_SMOOTH, SEED
-from emoserve.triton_launcher import leftover_shm_regions
+from stack.triton_server import leftover_shm_regions
 from tests.conftest import FrontendProcess, free_port, speech_like
 
 EYE_BLINKS = [ARKIT_BLENDSHAPE_NAMES.index("eyeBlinkLeft"), ARKIT_BLENDSHAPE_NAMES.index("eyeBlinkRight")]
@@ -198,9 +198,9 @@ def test_streaming_five_seconds_matches_whole_file_and_the_reference(api, tiny_r
 
     # REST streaming equals the in-process streaming pipeline on the same PCM (blinks are seeded per
     # session with a server-side seed, so the two eye-blink channels are left out)
-    from emoserve.a2e.onnx_runner import A2EOnnxRunner
-    from emoserve.a2e.postprocess import PostprocessOptions
-    from emoserve.a2e.sessions import ChunkRequest, StreamSessionStore
+    from emoserve.lam_a2e.onnx_runner import A2EOnnxRunner
+    from emoserve.lam_a2e.postprocess import PostprocessOptions
+    from emoserve.lam_a2e.sessions import ChunkRequest, StreamSessionStore
 
     pcm = [decode_audio(wav_bytes(audio[i : i + SAMPLE_RATE])) for i in range(0, audio.size, SAMPLE_RATE)]
     network, store, reference = A2EOnnxRunner(tiny_repository / "lam_a2e" / "1" / "model.onnx"), StreamSessionStore(), []
@@ -213,7 +213,7 @@ def test_streaming_five_seconds_matches_whole_file_and_the_reference(api, tiny_r
     # Once the context covers the window, streaming stays near whole-file inference. The demo network's
     # first conv layer normalises over the whole input (wav2vec2's GroupNorm), so a random network
     # cannot match more closely than this; the exact property is shown with a local network in
-    # tests/unit/test_a2e_streaming.py.
+    # tests/unit/lam_a2e/test_streaming.py.
     difference = np.abs(streamed[64:, channels] - whole[64:, channels]).mean()
     assert difference < 0.15, difference
 

@@ -10,9 +10,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from emoserve.a2e.onnx_runner import A2EOnnxRunner
-from emoserve.a2e.postprocess import PostprocessOptions, postprocess_offline
-from emoserve.a2e.sessions import ChunkRequest, StreamSessionStore
+from emoserve.lam_a2e.onnx_runner import A2EOnnxRunner
+from emoserve.lam_a2e.postprocess import PostprocessOptions, postprocess_offline
+from emoserve.lam_a2e.sessions import ChunkRequest, StreamSessionStore
 from emoserve.audio import decode_audio
 from emoserve.constants import NUM_BLENDSHAPES, SAMPLE_RATE, num_output_frames
 from emoserve.model_catalog import (

@@ -44,7 +44,7 @@ from emoserve.model_catalog import (
     VIDEO,
     VIDEO_BASE64,
 )
-from emoserve.triton_backend import bytes_input, load_model_config, model_parameters, typed_parameter
+from emoserve.triton.backend import bytes_input, load_model_config, model_parameters, typed_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 SAMPLING_INPUTS = (TEMPERATURE, TOP_P, REPETITION_PENALTY, MAX_NEW_TOKENS, SEED)

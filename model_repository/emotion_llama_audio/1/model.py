@@ -1,3 +1,3 @@
 """Emotion-LLaMA audio encoder on the CPU target: its ONNX graph served by onnxruntime inside the python backend."""
 
-from emoserve.triton_onnx import OnnxNetworkModel as TritonPythonModel  # noqa: F401
+from emoserve.triton.onnx_model import OnnxNetworkModel as TritonPythonModel  # noqa: F401

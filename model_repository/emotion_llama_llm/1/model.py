@@ -30,7 +30,7 @@ from emoserve.model_catalog import (
     TOP_P,
     WEIGHTS_PARAMETER,
 )
-from emoserve.triton_backend import bytes_input, load_model_config, model_parameters, optional_input, scalar_input, typed_parameter
+from emoserve.triton.backend import bytes_input, load_model_config, model_parameters, optional_input, scalar_input, typed_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 

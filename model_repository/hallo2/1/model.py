@@ -35,7 +35,7 @@ from emoserve.model_catalog import (
     VIDEO_MP4,
     WEIGHTS_PARAMETER,
 )
-from emoserve.triton_backend import bytes_input, load_model_config, model_parameters, scalar_input, typed_parameter
+from emoserve.triton.backend import bytes_input, load_model_config, model_parameters, scalar_input, typed_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 

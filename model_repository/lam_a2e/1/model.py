@@ -10,7 +10,7 @@ import numpy as np
 
 from emoserve.constants import NUM_IDENTITIES
 from emoserve.model_catalog import NETWORK_AUDIO, NETWORK_IDENTITY
-from emoserve.triton_onnx import OnnxNetworkModel
+from emoserve.triton.onnx_model import OnnxNetworkModel
 
 
 class TritonPythonModel(OnnxNetworkModel):

@@ -9,7 +9,7 @@ quadratic attention cost.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from emoserve.a2e.postprocess import PostprocessOptions, postprocess_offline
+from emoserve.lam_a2e.postprocess import PostprocessOptions, postprocess_offline
 from emoserve.audio import AudioDecodeError, decode_audio, extract_vocals
 from emoserve.constants import NUM_IDENTITIES, SAMPLE_RATE
 from emoserve.model_catalog import (
@@ -26,7 +26,7 @@ from emoserve.model_catalog import (
     NETWORK_IDENTITY,
     SEED,
 )
-from emoserve.triton_backend import (
+from emoserve.triton.backend import (
     bls_network,
     bytes_input,
     error_response,

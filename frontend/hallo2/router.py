@@ -1,0 +1,357 @@
+"""Hallo2 (portrait image + speech → talking-head video) as queued tasks (``emo-hallo-api.zh.md``).
+
+Routes: ``GET /health``, and under ``/api/v1``: ``GET /health``, ``POST /inference/hallo2``,
+``POST /inference/hallo2/config`` (and ``GET`` of it, an addition), ``GET /tasks``, ``GET /tasks/{id}``,
+``GET /tasks/{id}/video``, ``POST /tasks/{id}/logs``, ``DELETE /tasks/{id}``.
+
+Errors: ``{"detail", "error_code"}`` (``DELETE`` adds the documented ``"status": "error"``), with the codes
+in :class:`Codes`. Statuses: the documented ``queued``/``processing``/``completed``/``failed`` plus
+``cancelled`` (a task cancelled by ``DELETE``, queued or running).
+
+Everything here reads ``request.app.state.hallo2`` (a :class:`frontend.hallo2.service.Hallo2Service`), set
+up by :func:`frontend.hallo2.service.install_hallo2`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from emoserve.audio import AudioDecodeError, decode_audio
+from emoserve.constants import SAMPLE_RATE
+from frontend.deps import read_upload, require_api_key
+from frontend.errors import (
+    ERROR_CODE_TAG,
+    ERROR_STATUS_TAG,
+    ApiError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
+from frontend.hallo2.tasks import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    STATUSES,
+    Task,
+    iso_utc,
+)
+
+if TYPE_CHECKING:
+    from frontend.hallo2.service import Hallo2Service
+
+
+
+class Codes:
+    INVALID_IMAGE = "INVALID_IMAGE"
+    INVALID_AUDIO = "INVALID_AUDIO"
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    TASK_NOT_FINISHED = "TASK_NOT_FINISHED"
+    VIDEO_NOT_FOUND = "VIDEO_NOT_FOUND"
+    TASK_NOT_CANCELLABLE = "TASK_NOT_CANCELLABLE"
+    INVALID_CONFIG = "INVALID_CONFIG"
+    INVALID_STATUS = "INVALID_STATUS"
+    SERVICE_NOT_READY = "SERVICE_NOT_READY"
+    SUBMIT_FAILED = "SUBMIT_FAILED"
+
+
+public = APIRouter(tags=["Hallo2", ERROR_CODE_TAG])
+router = APIRouter(prefix="/api/v1", tags=["Hallo2", ERROR_CODE_TAG], dependencies=[Depends(require_api_key)])
+
+
+def get_service(request: Request) -> Hallo2Service:
+    service = getattr(request.app.state, "hallo2", None)
+    if service is None or service.store is None:
+        raise ServiceUnavailable("the Hallo2 task service is not running", error_code=Codes.SERVICE_NOT_READY)
+    return service
+
+
+ServiceDep = Annotated[Any, Depends(get_service)]  # a Hallo2Service
+
+
+# -- schemas ------------------------------------------------------------------------------------------
+
+class TaskCreated(BaseModel):
+    task_id: str
+    status: str = QUEUED
+    message: str = "Inference task queued successfully"
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    status: str = Field(description="queued | processing | completed | failed | cancelled")
+    progress: int = Field(ge=0, le=100)
+    status_message: str | None
+    result: dict | None = Field(description="when completed: video_url, video_path, frames, fps, duration, width, height, size_bytes, processing_time")
+    error: str | None
+    created_at: str
+    updated_at: str
+
+
+class TaskList(BaseModel):
+    tasks: dict[str, TaskStatus]
+    count: int
+
+
+class TaskLogs(BaseModel):
+    task_id: str
+    logs: str
+
+
+class TaskCancelled(BaseModel):
+    status: str = CANCELLED
+    task_id: str
+    message: str = "Task cancelled successfully"
+
+
+class Hallo2ConfigUpdate(BaseModel):
+    """Applies to tasks created afterwards; stored in the database (shared by replicas, kept across restarts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guidance_scale: float | None = Field(None, ge=1.0, le=20.0, description="classifier-free guidance (upstream 3.5)")
+    inference_steps: int | None = Field(None, ge=1, le=100, description="denoising steps per clip (upstream 40)")
+    enable_cache: bool | None = Field(None, description="false: no task uses cached preprocessing, whatever its use_cache")
+
+
+class Hallo2Config(BaseModel):
+    guidance_scale: float
+    inference_steps: int
+    enable_cache: bool
+
+
+class ConfigUpdated(BaseModel):
+    status: str = "success"
+    message: str = "Configuration updated successfully"
+    config: Hallo2Config
+
+
+class GpuDevice(BaseModel):
+    index: int
+    name: str | None = None
+    memory_allocated: str | None = None
+    memory_total: str | None = None
+
+
+class GpuInfo(BaseModel):
+    available: bool = False
+    count: int = 0
+    devices: list[GpuDevice] = Field(default_factory=list)
+
+
+class SimpleHealth(BaseModel):
+    status: str
+    gpu_available: bool
+    gpu_count: int
+    gpu_name: str | None
+
+
+class DetailedHealth(BaseModel):
+    status: str = Field(description="healthy | degraded (the hallo2 model is not loaded) | unhealthy (database unreachable)")
+    timestamp: str
+    uptime: float
+    models_loaded: list[str]
+    gpu: GpuInfo
+    tasks: dict[str, int] | None = Field(description="queued, running (processing), completed, failed, cancelled")
+
+
+def task_status(task: Task) -> TaskStatus:
+    return TaskStatus(**task.public())
+
+
+# -- validation by content ----------------------------------------------------------------------------
+
+def image_extension(data: bytes) -> str:
+    """``jpg`` or ``png`` from the magic bytes, then a real decode of the first frame (PyAV)."""
+    import io
+
+    import av
+
+    if not data:
+        raise BadRequest("Invalid image file format: the image file is empty", error_code=Codes.INVALID_IMAGE)
+    if data[:3] == b"\xff\xd8\xff":
+        extension = "jpg"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        extension = "png"
+    else:
+        raise BadRequest("Invalid image file format: only JPG and PNG images are accepted", error_code=Codes.INVALID_IMAGE)
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            frame = next(container.decode(video=0))
+            if frame.width < 1 or frame.height < 1:
+                raise ValueError("empty picture")
+    except Exception as exc:
+        raise BadRequest(f"Invalid image file format: the {extension.upper()} image cannot be decoded ({type(exc).__name__})",
+                         error_code=Codes.INVALID_IMAGE) from None
+    return extension
+
+
+def audio_extension(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav"
+    if data[:4] == b"OggS":
+        return "ogg"
+    if data[:4] == b"fLaC":
+        return "flac"
+    if data[4:8] == b"ftyp":
+        return "m4a"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return "mp3"
+    return "audio"
+
+
+def checked_audio(data: bytes) -> tuple[str, float]:
+    """(extension, seconds) of audio that really decodes (WAV/MP3/OGG/M4A, and what else FFmpeg reads)."""
+    if not data:
+        raise BadRequest("Invalid audio file format: the audio file is empty", error_code=Codes.INVALID_AUDIO)
+    try:
+        samples = decode_audio(data, SAMPLE_RATE)
+    except AudioDecodeError as exc:
+        raise BadRequest(f"Invalid audio file format: {exc}", error_code=Codes.INVALID_AUDIO) from None
+    if samples.size == 0:
+        raise BadRequest("Invalid audio file format: the audio holds no samples", error_code=Codes.INVALID_AUDIO)
+    return audio_extension(data), samples.size / SAMPLE_RATE
+
+
+def known_task_id(task_id: str) -> str:
+    try:
+        return str(uuid.UUID(task_id))
+    except ValueError:
+        raise NotFound(f"Task {task_id} not found", error_code=Codes.TASK_NOT_FOUND) from None
+
+
+async def existing_task(service: Hallo2Service, task_id: str) -> Task:
+    task = await service.store.get(known_task_id(task_id))
+    if task is None:
+        raise NotFound(f"Task {task_id} not found", error_code=Codes.TASK_NOT_FOUND)
+    return task
+
+
+# -- health -------------------------------------------------------------------------------------------
+
+@public.get("/health", response_model=SimpleHealth, summary="Simple health check")
+async def simple_health(service: ServiceDep) -> SimpleHealth:
+    gpu = await service.gpu_info()
+    return SimpleHealth(status="healthy", gpu_available=gpu.available, gpu_count=gpu.count,
+                        gpu_name=gpu.devices[0].name if gpu.devices else None)
+
+
+@public.get("/api/v1/health", response_model=DetailedHealth, summary="Detailed health check")
+async def detailed_health(service: ServiceDep) -> DetailedHealth:
+    models = await service.models_loaded()
+    try:
+        counts = await service.store.counts()
+        tasks = {"queued": counts[QUEUED], "running": counts[PROCESSING], "completed": counts[COMPLETED],
+                 "failed": counts[FAILED], "cancelled": counts[CANCELLED]}
+    except Exception:
+        tasks = None
+    status = "unhealthy" if tasks is None else ("healthy" if service.model_name in models else "degraded")
+    return DetailedHealth(status=status, timestamp=iso_utc(datetime.now(timezone.utc)), uptime=round(service.uptime(), 3),
+                          models_loaded=models, gpu=await service.gpu_info(), tasks=tasks)
+
+
+# -- inference ----------------------------------------------------------------------------------------
+
+@router.post("/inference/hallo2", response_model=TaskCreated, summary="Create an inference task")
+async def create_task(
+    service: ServiceDep,
+    image_file: Annotated[UploadFile, File(description="source portrait (JPG/PNG)")],
+    audio_file: Annotated[UploadFile, File(description="driving audio (WAV/MP3/OGG/M4A)")],
+    use_cache: Annotated[bool, Form(description="use cached preprocessing (face embedding, audio features)")] = True,
+) -> TaskCreated:
+    limit = service.settings.max_hallo2_upload_bytes
+    too_large = PayloadTooLarge(f"the uploaded files are larger than the {limit} byte limit", error_code=Codes.FILE_TOO_LARGE)
+    # one budget for both files; emptiness is judged by content below, with the file's own error code
+    image = await read_upload(image_file, limit, "image_file", allow_empty=True, too_large=too_large)
+    audio = await read_upload(audio_file, limit - len(image), "audio_file", allow_empty=True, too_large=too_large)
+    image_ext = await anyio.to_thread.run_sync(image_extension, image)
+    audio_ext, seconds = await anyio.to_thread.run_sync(checked_audio, audio)
+    config = await service.store.get_config()
+    try:
+        task = await service.store.create(image, image_ext, audio, audio_ext, use_cache=use_cache and config.enable_cache,
+                                          guidance_scale=config.guidance_scale, inference_steps=config.inference_steps)
+        await service.store.append_log(task.task_id, f"Inputs: {image_ext.upper()} image, {audio_ext} audio of {seconds:.2f} s"
+                                       + ("" if config.enable_cache or not use_cache else "; caching is disabled by the configuration"))
+    except Exception as exc:
+        raise ApiError(f"Failed to submit task: {type(exc).__name__}: {exc}", error_code=Codes.SUBMIT_FAILED) from None
+    service.worker.wake()
+    return TaskCreated(task_id=task.task_id)
+
+
+@router.get("/inference/hallo2/config", response_model=Hallo2Config, summary="Current inference parameters (addition)")
+async def get_config(service: ServiceDep) -> Hallo2Config:
+    config = await service.store.get_config()
+    return Hallo2Config(**config.__dict__)
+
+
+@router.post("/inference/hallo2/config", response_model=ConfigUpdated, summary="Set inference parameters for new tasks")
+async def set_config(service: ServiceDep, body: Annotated[dict[str, Any], Body(description="guidance_scale, inference_steps, enable_cache (each optional)")]) -> ConfigUpdated:
+    try:
+        update = Hallo2ConfigUpdate.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise BadRequest(f"invalid configuration: {problems}", error_code=Codes.INVALID_CONFIG) from None
+    changes = update.model_dump(exclude_none=True)
+    if not changes:
+        raise BadRequest("invalid configuration: give at least one of guidance_scale, inference_steps, enable_cache",
+                         error_code=Codes.INVALID_CONFIG)
+    config = await service.store.set_config(**changes)
+    return ConfigUpdated(config=Hallo2Config(**config.__dict__))
+
+
+# -- tasks --------------------------------------------------------------------------------------------
+
+@router.get("/tasks", response_model=TaskList, summary="All tasks")
+async def list_tasks(
+    service: ServiceDep,
+    status: Annotated[str | None, Query(description="only tasks with this status (addition)")] = None,
+) -> TaskList:
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}", error_code=Codes.INVALID_STATUS)
+    tasks = await service.store.list(status=status)
+    return TaskList(tasks={task.task_id: task_status(task) for task in tasks}, count=len(tasks))
+
+
+@router.get("/tasks/{task_id}", response_model=TaskStatus, summary="Task status")
+async def get_task(task_id: str, service: ServiceDep) -> TaskStatus:
+    return task_status(await existing_task(service, task_id))
+
+
+@router.get("/tasks/{task_id}/video", summary="Download the generated video",
+            response_class=FileResponse, responses={200: {"content": {"video/mp4": {}}}})
+async def get_video(task_id: str, service: ServiceDep) -> FileResponse:
+    task = await existing_task(service, task_id)
+    if task.status != COMPLETED:
+        raise BadRequest(f"Task {task.task_id} is not completed (status: {task.status})", error_code=Codes.TASK_NOT_FINISHED)
+    path = service.store.task_dir(task.task_id) / "output.mp4"
+    if not path.is_file():
+        raise NotFound(f"the video of task {task.task_id} does not exist", error_code=Codes.VIDEO_NOT_FOUND)
+    return FileResponse(path, media_type="video/mp4", filename=f"{task.task_id}.mp4")
+
+
+@router.post("/tasks/{task_id}/logs", response_model=TaskLogs, summary="Task logs")
+async def get_logs(task_id: str, service: ServiceDep) -> TaskLogs:
+    task = await existing_task(service, task_id)
+    return TaskLogs(task_id=task.task_id, logs=task.logs or "")
+
+
+@router.delete("/tasks/{task_id}", response_model=TaskCancelled, summary="Cancel a queued or running task",
+               tags=[ERROR_STATUS_TAG])
+async def cancel_task(task_id: str, service: ServiceDep) -> TaskCancelled:
+    cancelled, task = await service.store.cancel(known_task_id(task_id))
+    if task is None:
+        raise NotFound(f"Task {task_id} not found", error_code=Codes.TASK_NOT_FOUND)
+    if not cancelled:
+        raise BadRequest(f"Task {task.task_id} is already {task.status} and cannot be cancelled", error_code=Codes.TASK_NOT_CANCELLABLE)
+    service.worker.notify_cancelled(task.task_id)  # stops it now if it runs in this process; other replicas see the row
+    return TaskCancelled(task_id=task.task_id)

@@ -1,0 +1,279 @@
+"""The Hallo2 task worker: asyncio tasks in the front end's event loop that take queued tasks from the
+database (up to ``max_concurrent_tasks`` at once) and hand each to an injected runner.
+
+The runner is the only piece that talks to the model (the lead passes one that streams the Triton
+``hallo2`` pipeline); here it is an async callable::
+
+    async def runner(inputs: TaskInputs, progress: ProgressCallback, cancel: asyncio.Event) -> bytes:  # MP4
+        await progress(10, "Preprocessing image...")
+        ...
+        if cancel.is_set(): raise asyncio.CancelledError  # or just return / raise anything: the task is cancelled already
+
+Cancellation (``DELETE /api/v1/tasks/{id}`` on a running task): the store marks the row ``cancelled`` first,
+then the worker that runs it sets the task's ``cancel`` event — directly when the DELETE reached the same
+process, otherwise at its next heartbeat or progress write, which the database refuses because the row is no
+longer this worker's. The runner should stop its Triton work and return or raise; after
+``cancel_grace_s`` the worker cancels the runner's asyncio task anyway (cancelling the gRPC call). Whatever
+the runner returns afterwards is discarded: the task stays ``cancelled``.
+
+Shutdown (:meth:`TaskWorker.stop`): running tasks are interrupted and put back to ``queued`` (without
+counting an attempt), so the next start — this process or another replica — runs them again from the start.
+A process that dies without stopping leaves them ``processing``; :meth:`TaskStore.recover_on_startup` and
+the periodic stale-heartbeat sweep re-queue them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from frontend.hallo2.tasks import Task, TaskStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskInputs:
+    """What a runner gets for one task (the bytes exactly as uploaded, validated by content)."""
+
+    task_id: str
+    image: bytes
+    audio: bytes
+    use_cache: bool
+    guidance_scale: float
+    inference_steps: int
+    image_path: str = ""
+    audio_path: str = ""
+
+
+# progress(percent 0-100, message): the message becomes the task's status_message and a log line
+ProgressCallback = Callable[[int, str], Awaitable[None]]
+Hallo2Runner = Callable[[TaskInputs, ProgressCallback, asyncio.Event], Awaitable[bytes]]
+
+
+def describe_video(video: bytes) -> dict:
+    """frames / duration / fps / size of an MP4 (for the task's ``result``); {} if it cannot be read."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(video), mode="r") as container:
+            stream = container.streams.video[0]
+            frames = stream.frames or sum(1 for _ in container.demux(stream) if _.size)
+            fps = float(stream.average_rate) if stream.average_rate else None
+            duration = float(container.duration / av.time_base) if container.duration else (frames / fps if fps else None)
+            return {"frames": int(frames), "fps": fps, "duration": round(duration, 3) if duration is not None else None,
+                    "width": stream.codec_context.width, "height": stream.codec_context.height}
+    except Exception as exc:  # the runner's bytes are served as they are; the description is a courtesy
+        log.warning("cannot describe the hallo2 output video: %s", exc)
+        return {}
+
+
+class _Running:
+    def __init__(self, task: Task):
+        self.task = task
+        self.cancel = asyncio.Event()
+        self.job: asyncio.Task | None = None
+        self.shutting_down = False
+
+
+class TaskWorker:
+    def __init__(
+        self,
+        store: TaskStore,
+        runner: Hallo2Runner,
+        max_concurrent_tasks: int = 1,
+        *,
+        poll_interval_s: float = 1.0,
+        heartbeat_interval_s: float = 10.0,
+        stale_after_s: float = 60.0,
+        cancel_grace_s: float = 10.0,
+        worker_id: str | None = None,
+    ):
+        if max_concurrent_tasks < 1:
+            raise ValueError("max_concurrent_tasks must be at least 1")
+        self.store = store
+        self.runner = runner
+        self.max_concurrent_tasks = max_concurrent_tasks
+        self.poll_interval_s = poll_interval_s
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.stale_after_s = stale_after_s
+        self.cancel_grace_s = cancel_grace_s
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.running: dict[str, _Running] = {}
+        self.peak_running = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loops: list[asyncio.Task] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._loops = [asyncio.create_task(self._claim_loop(), name="hallo2-claim"),
+                       asyncio.create_task(self._heartbeat_loop(), name="hallo2-heartbeat")]
+        log.info("hallo2 worker %s started (max %d concurrent tasks)", self.worker_id, self.max_concurrent_tasks)
+
+    async def stop(self) -> None:
+        """Stop claiming; interrupt running tasks and put them back in the queue."""
+        self._stopping = True
+        self._wake.set()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        self._loops = []
+        running = list(self.running.values())
+        for entry in running:
+            entry.shutting_down = True
+            entry.cancel.set()
+            if entry.job is not None:
+                entry.job.cancel()
+        for entry in running:
+            if entry.job is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await entry.job
+        # a claim that was in flight when the loops were cancelled, or a re-queue that failed: none stays ours
+        with contextlib.suppress(Exception):
+            await self.store.requeue_worker(self.worker_id, "the server shut down while processing it")
+        log.info("hallo2 worker %s stopped", self.worker_id)
+
+    def wake(self) -> None:
+        """A task was queued: look for it now rather than at the next poll."""
+        self._wake.set()
+
+    def notify_cancelled(self, task_id: str) -> bool:
+        """The task was cancelled in the store: stop it if it runs here. True when it did."""
+        entry = self.running.get(task_id)
+        if entry is None:
+            return False
+        entry.cancel.set()
+        return True
+
+    # -- loops -------------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            claimed = False
+            if len(self.running) < self.max_concurrent_tasks:
+                try:
+                    task = await self.store.claim_next(self.worker_id)
+                except Exception:
+                    log.exception("hallo2 worker: claiming a task failed")
+                    task = None
+                if task is not None and self._stopping:
+                    await self.store.requeue(task.task_id, self.worker_id, "the server is shutting down")
+                    return
+                if task is not None:
+                    claimed = True
+                    entry = _Running(task)
+                    self.running[task.task_id] = entry
+                    self.peak_running = max(self.peak_running, len(self.running))
+                    entry.job = asyncio.create_task(self._execute(entry), name=f"hallo2-task-{task.task_id}")
+            if claimed:
+                continue  # maybe more room and more work
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                if self.running:
+                    for task_id in await self.store.heartbeat(list(self.running), self.worker_id):
+                        self.notify_cancelled(task_id)  # cancelled elsewhere (another replica's DELETE) or taken away
+                await self.store.requeue_stale(self.stale_after_s, exclude_worker=self.worker_id)
+            except Exception:
+                log.exception("hallo2 worker: heartbeat failed")
+
+    # -- one task ----------------------------------------------------------------------------------
+
+    async def _execute(self, entry: _Running) -> None:
+        task = entry.task
+        try:
+            await self._run_task(entry)
+        except Exception:  # bookkeeping itself failed (database down): the stale sweep retries the task later
+            log.exception("hallo2 task %s: bookkeeping failed", task.task_id)
+        finally:
+            self.running.pop(task.task_id, None)
+            self._wake.set()  # a slot is free
+
+    async def _run_task(self, entry: _Running) -> None:
+        task, store = entry.task, self.store
+        try:
+            image, audio = await anyio.to_thread.run_sync(lambda: (Path(task.image_path).read_bytes(), Path(task.audio_path).read_bytes()))
+        except OSError as exc:
+            await store.fail(task.task_id, self.worker_id, f"the task's input files cannot be read: {exc}")
+            return
+        inputs = TaskInputs(task.task_id, image, audio, task.use_cache, task.guidance_scale, task.inference_steps,
+                            task.image_path, task.audio_path)
+
+        async def progress(percent: int, message: str) -> None:
+            if entry.cancel.is_set():
+                return
+            if not await store.update_progress(task.task_id, self.worker_id, percent, message):
+                entry.cancel.set()  # no longer ours: cancelled (or re-queued) in the database
+
+        started = time.perf_counter()
+        runner_job = asyncio.create_task(self.runner(inputs, progress, entry.cancel))
+        cancel_wait = asyncio.create_task(entry.cancel.wait())
+        try:
+            await asyncio.wait({runner_job, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if entry.cancel.is_set() and not runner_job.done():
+                # give the runner the chance to stop its Triton work itself, then cancel it
+                await asyncio.wait({runner_job}, timeout=0 if entry.shutting_down else self.cancel_grace_s)
+                if not runner_job.done():
+                    runner_job.cancel()
+                with contextlib.suppress(BaseException):
+                    await runner_job
+                await self._interrupted(entry)
+                return
+        except asyncio.CancelledError:  # stop() cancelled this job
+            runner_job.cancel()
+            with contextlib.suppress(BaseException):
+                await runner_job
+            await self._interrupted(entry, shutting_down=True)
+            raise
+        finally:
+            cancel_wait.cancel()
+
+        elapsed = time.perf_counter() - started
+        if entry.cancel.is_set():  # cancelled as the runner finished: the result is discarded
+            await self._interrupted(entry)
+            return
+        try:
+            video = runner_job.result()
+        except asyncio.CancelledError:
+            await store.fail(task.task_id, self.worker_id, "the inference was cancelled by the server")
+            return
+        except Exception as exc:
+            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            log.warning("hallo2 task %s failed: %s", task.task_id, detail)
+            await store.fail(task.task_id, self.worker_id, f"inference failed: {detail}")
+            return
+        if not isinstance(video, (bytes, bytearray)) or not video:
+            await store.fail(task.task_id, self.worker_id, "inference failed: the model produced no video")
+            return
+        result = await anyio.to_thread.run_sync(describe_video, bytes(video))
+        result["processing_time"] = round(elapsed, 3)
+        if not await store.complete(task.task_id, self.worker_id, bytes(video), result):
+            log.info("hallo2 task %s finished after it was cancelled; its video is discarded", task.task_id)
+
+    async def _interrupted(self, entry: _Running, shutting_down: bool = False) -> None:
+        task_id = entry.task.task_id
+        if shutting_down or entry.shutting_down:
+            await self.store.requeue(task_id, self.worker_id, "the server shut down while processing it")
+            return
+        await self.store.append_log(task_id, "Processing stopped (task cancelled)")

@@ -1,0 +1,161 @@
+"""LAM-A2E: whole-file inference and stateful streaming sessions (``lam-a2e-api.zh.md``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+
+from emoserve.audio import AudioDecodeError, decode_audio
+from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
+from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_MODELS
+from frontend.deps import EngineDep, SessionsDep, SettingsDep, read_upload, require_api_key
+from frontend.errors import BadRequest, NotFound
+from frontend.lam_a2e.schemas import (
+    Frame,
+    Health,
+    InferMetadata,
+    InferResponse,
+    ServiceInfo,
+    StreamChunkResponse,
+    StreamCloseResponse,
+    StreamInitRequest,
+    StreamInitResponse,
+    StreamMetadata,
+)
+
+SERVICE_NAME = "LAM-A2E API"
+SERVICE_VERSION = "1.0.0"
+
+router = APIRouter(tags=["LAM-A2E"])
+protected = APIRouter(prefix="/api", tags=["LAM-A2E"], dependencies=[Depends(require_api_key)])
+
+IdIdx = Annotated[int, Form(ge=0, le=NUM_IDENTITIES - 1, description="identity / style index")]
+
+
+def frames_payload(frames: np.ndarray) -> list[Frame]:
+    """Frames with ``time`` from the start of this response, as the documented server does."""
+    return [Frame(weights=row.tolist(), time=i / FPS, rotation=[]) for i, row in enumerate(np.asarray(frames, dtype=np.float64))]
+
+
+async def decode_upload(data: bytes, vocals_only: bool, max_seconds: float, what: str) -> np.ndarray:
+    try:
+        audio = await anyio.to_thread.run_sync(decode_audio, data, SAMPLE_RATE, vocals_only)
+    except AudioDecodeError as exc:
+        raise BadRequest(f"{what} is not valid audio: {exc}") from None
+    if audio.size > max_seconds * SAMPLE_RATE:
+        raise BadRequest(f"{what} is {audio.size / SAMPLE_RATE:.1f}s long; the limit is {max_seconds:.0f}s")
+    return audio
+
+
+@router.get("/", response_model=ServiceInfo)
+async def service_info() -> ServiceInfo:
+    return ServiceInfo(
+        service=SERVICE_NAME,
+        version=SERVICE_VERSION,
+        endpoints={
+            "infer": "/api/infer",
+            "stream_init": "/api/infer_stream_init",
+            "stream_chunk": "/api/infer_stream_chunk",
+            "stream_close": "/api/infer_stream_close/{session_id}",
+            "health": "/api/health",
+        },
+    )
+
+
+@router.get("/api/health", response_model=Health)
+async def health(engine: EngineDep, sessions: SessionsDep) -> Health:
+    ready = await engine.models_ready(A2E_MODELS)
+    return Health(
+        status="healthy" if ready else "not_ready",
+        model_loaded=ready,
+        gpu_available=await engine.gpu_available() if ready else False,
+        sessions=len(sessions),
+    )
+
+
+@protected.post("/infer", response_model=InferResponse)
+async def infer(
+    engine: EngineDep,
+    settings: SettingsDep,
+    audio_file: Annotated[UploadFile, File(description="audio file: WAV, MP3, OGG, FLAC, M4A; any rate and channels")],
+    id_idx: IdIdx = 0,
+    ex_vol: Annotated[bool, Form(description="extract the vocal track first (DSP, see README)")] = False,
+    movement_smooth: Annotated[bool, Form(description="damp mouth movement during silence")] = False,
+    brow_movement: Annotated[bool, Form(description="add brow movement on loud passages")] = False,
+) -> InferResponse:
+    data = await read_upload(audio_file, settings.max_upload_bytes, "audio_file")
+    audio = await decode_upload(data, ex_vol, settings.max_audio_seconds, "audio_file")
+    started = time.perf_counter()
+    frames = await engine.infer_whole_audio(audio, id_idx, movement_smooth, brow_movement)
+    elapsed = time.perf_counter() - started
+    weights = (await engine.model_facts(A2E_NETWORK_MODEL))["weights"]
+    return InferResponse(
+        names=list(ARKIT_BLENDSHAPE_NAMES),
+        metadata=InferMetadata(fps=float(FPS), frame_count=len(frames), blendshape_count=NUM_BLENDSHAPES, inference_time=elapsed, weights=weights),
+        frames=frames_payload(frames),
+    )
+
+
+@protected.post("/infer_stream_init", response_model=StreamInitResponse)
+async def stream_init(sessions: SessionsDep, engine: EngineDep, body: StreamInitRequest | None = None) -> StreamInitResponse:
+    body = body or StreamInitRequest()
+    session = await sessions.create(body.id_idx, body.movement_smooth, body.brow_movement)
+    return StreamInitResponse(session_id=session.session_id, message="Streaming session initialized", id_idx=session.id_idx)
+
+
+@protected.post("/infer_stream_chunk", response_model=StreamChunkResponse)
+async def stream_chunk(
+    engine: EngineDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    session_id: Annotated[str, Form(description="from /api/infer_stream_init")],
+    audio_chunk: Annotated[UploadFile, File(description="about 1 s of audio (0.5-2 s recommended)")],
+) -> StreamChunkResponse:
+    session = sessions.get(session_id)
+    data = await read_upload(audio_chunk, settings.max_chunk_bytes, "audio_chunk")
+    audio = await decode_upload(data, False, settings.max_chunk_seconds, "audio_chunk")
+    async with session.lock:
+        session = sessions.get(session_id)  # it may have been closed while this chunk waited
+        started = time.perf_counter()
+        try:
+            output = await engine.stream_chunk(
+                session.correlation_id,
+                audio,
+                start=not session.started,
+                id_idx=session.id_idx,
+                movement_smooth=session.movement_smooth,
+                brow_movement=session.brow_movement,
+                seed=session.seed,
+            )
+        except NotFound:
+            await sessions.forget(session)
+            raise NotFound(f"session {session_id} expired on the inference server; start a new session") from None
+        elapsed = time.perf_counter() - started
+        session.started = True
+        session.chunks = output.chunk_index
+        session.last_used = time.monotonic()
+    weights = (await engine.model_facts(A2E_NETWORK_MODEL))["weights"]
+    return StreamChunkResponse(
+        names=list(ARKIT_BLENDSHAPE_NAMES),
+        metadata=StreamMetadata(
+            fps=float(FPS),
+            frame_count=len(output.frames),
+            blendshape_count=NUM_BLENDSHAPES,
+            inference_time=elapsed,
+            weights=weights,
+            session_id=session.session_id,
+            chunk_index=output.chunk_index,
+            start_time=output.first_frame_index / FPS,
+        ),
+        frames=frames_payload(output.frames),
+    )
+
+
+@protected.delete("/infer_stream_close/{session_id}", response_model=StreamCloseResponse)
+async def stream_close(session_id: str, sessions: SessionsDep) -> StreamCloseResponse:
+    await sessions.close(session_id)
+    return StreamCloseResponse(message="Session closed", session_id=session_id)

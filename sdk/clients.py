@@ -1,0 +1,260 @@
+"""Python SDK for the REST front end (the shape the Emotion-LLaMA API overview sketches).
+
+    from sdk import EmotionLLaMA
+    client = EmotionLLaMA("http://127.0.0.1:8080")
+    result = client.analyze("/abs/path/video.mp4", task="emotion")
+    print(result.emotion, result.confidence, result.explanation)
+
+Server-side paths must lie inside the server's media roots; ``analyze_file`` uploads a local file instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from emoserve.emotion_llama.prompts import EMOTION_LABELS
+
+TASK_PROMPTS = {
+    "emotion": "[emotion] What is the emotion expressed in this video?",
+    "reason": "[reason] What are the facial expressions and vocal tone used in the video? "
+    "What is the intended meaning behind the words? Which emotion does this reflect?",
+}
+
+
+class EmotionLLaMAError(RuntimeError):
+    def __init__(self, status_code: int, message: str, details: str | None = None):
+        super().__init__(f"{status_code}: {message}" + (f" ({details})" if details else ""))
+        self.status_code, self.message, self.details = status_code, message, details
+
+
+@dataclass
+class AnalysisResult:
+    explanation: str  # the model's whole answer
+    emotion: str | None  # one of EMOTION_LABELS for [emotion] prompts
+    confidence: float | None
+    label_probs: dict[str, float] | None = None
+    duration: float = 0.0
+    metadata: dict = field(default_factory=dict)
+
+
+def question_for(task: str, sentence: str | None = None) -> str:
+    if task not in TASK_PROMPTS:
+        raise ValueError(f"task must be one of {', '.join(TASK_PROMPTS)}, got {task!r}")
+    prompt = TASK_PROMPTS[task]
+    return f"The person in video says: {sentence}. {prompt}" if sentence else prompt
+
+
+class EmotionLLaMA:
+    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = 600.0):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._client = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "EmotionLLaMA":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @staticmethod
+    def _result(response: httpx.Response) -> AnalysisResult:
+        body = response.json()
+        if response.status_code != 200:
+            raise EmotionLLaMAError(response.status_code, body.get("error") or body.get("detail") or response.text, body.get("details"))
+        emotion = body.get("emotion")
+        if emotion is not None and emotion not in EMOTION_LABELS:
+            raise EmotionLLaMAError(500, f"server returned an unknown label {emotion!r}")
+        return AnalysisResult(body["response"], emotion, body.get("confidence"), body.get("label_probs"), body.get("duration", 0.0), body.get("metadata", {}))
+
+    def analyze(self, video_path: str | Path, task: str = "emotion", sentence: str | None = None, **sampling) -> AnalysisResult:
+        """Ask about a video the SERVER can read (inside its media roots)."""
+        body = {"video_path": str(video_path), "question": question_for(task, sentence), **sampling}
+        return self._result(self._client.post("/process_video", json=body))
+
+    def analyze_file(self, video_path: str | Path, task: str = "emotion", sentence: str | None = None) -> AnalysisResult:
+        """Upload a local video and ask about it."""
+        path = Path(video_path)
+        with path.open("rb") as handle:
+            response = self._client.post(
+                "/api/v1/emotion-llama/analyze", files={"video_file": (path.name, handle)}, data={"question": question_for(task, sentence)}
+            )
+        return self._result(response)
+
+    def stream(self, video_path: str | Path, question: str, **sampling) -> Iterator[str]:
+        """Yield the answer's text pieces as the model generates them."""
+        import json
+
+        body = {"video_path": str(video_path), "question": question, **sampling}
+        with self._client.stream("POST", "/process_video/stream", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                self._result(response)
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    payload = json.loads(line[6:])
+                    if event == "token":
+                        yield payload["delta"]
+                    elif event == "error":
+                        raise EmotionLLaMAError(payload.get("code", 500), payload.get("error", "error"), payload.get("details"))
+
+
+# -- Hallo2 ------------------------------------------------------------------------------------------------
+
+
+class Hallo2Error(RuntimeError):
+    """An error answer (``status_code``, ``error_code``), or a task that ended failed/cancelled (``status``)."""
+
+    def __init__(self, message: str, status_code: int | None = None, error_code: str | None = None, status: str | None = None):
+        super().__init__(message)
+        self.status_code, self.error_code, self.status = status_code, error_code, status
+
+
+class _Progress:
+    """tqdm when installed, else one rewritten line on stderr."""
+
+    def __init__(self, task_id: str, enabled: bool):
+        self.enabled, self.bar, self.last = enabled, None, -1
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, desc=f"hallo2 {task_id[:8]}", unit="%")
+        except ImportError:
+            self.bar = None
+
+    def update(self, progress: int, message: str | None) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(max(0, progress - self.bar.n))
+            self.bar.set_postfix_str(message or "", refresh=True)
+        elif progress != self.last:
+            import sys
+
+            sys.stderr.write(f"\r{progress:3d}% {message or ''}"[:120].ljust(60))
+            sys.stderr.flush()
+        self.last = progress
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.last >= 0:
+            import sys
+
+            sys.stderr.write("\n")
+
+
+class Hallo2Client:
+    """Client of the Hallo2 task API (``emo-hallo-api.zh.md``)::
+
+        client = Hallo2Client("http://127.0.0.1:8080")
+        task_id = client.inference("person.jpg", "speech.wav", use_cache=True)
+        client.wait_and_download(task_id, "output.mp4")
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600.0, client: httpx.Client | None = None):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._owns_client = client is None
+        self._client = client or httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> "Hallo2Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200:
+            raise Hallo2Error(f"{response.status_code}: {body.get('detail') or response.text}", response.status_code, body.get("error_code"))
+        return body
+
+    def inference(self, image_path: str | Path, audio_path: str | Path, use_cache: bool = True) -> str:
+        """Upload the portrait and the speech; answers the queued task's id."""
+        image, audio = Path(image_path), Path(audio_path)
+        with image.open("rb") as image_handle, audio.open("rb") as audio_handle:
+            response = self._client.post("/api/v1/inference/hallo2",
+                                         files={"image_file": (image.name, image_handle), "audio_file": (audio.name, audio_handle)},
+                                         data={"use_cache": "true" if use_cache else "false"})
+        return self._json(response)["task_id"]
+
+    def configure(self, guidance_scale: float | None = None, inference_steps: int | None = None, enable_cache: bool | None = None) -> dict:
+        body = {k: v for k, v in {"guidance_scale": guidance_scale, "inference_steps": inference_steps, "enable_cache": enable_cache}.items() if v is not None}
+        return self._json(self._client.post("/api/v1/inference/hallo2/config", json=body))
+
+    def status(self, task_id: str) -> dict:
+        return self._json(self._client.get(f"/api/v1/tasks/{task_id}"))
+
+    def logs(self, task_id: str) -> str:
+        return self._json(self._client.post(f"/api/v1/tasks/{task_id}/logs"))["logs"]
+
+    def tasks(self) -> dict:
+        return self._json(self._client.get("/api/v1/tasks"))["tasks"]
+
+    def cancel(self, task_id: str) -> dict:
+        return self._json(self._client.delete(f"/api/v1/tasks/{task_id}"))
+
+    def health(self) -> dict:
+        return self._json(self._client.get("/api/v1/health"))
+
+    def download(self, task_id: str, output_path: str | Path) -> Path:
+        """The finished task's MP4, written to a temporary name and renamed (never half-written)."""
+        output = Path(output_path)
+        partial = output.with_name(output.name + ".part")
+        with self._client.stream("GET", f"/api/v1/tasks/{task_id}/video") as response:
+            if response.status_code != 200:
+                response.read()
+                self._json(response)
+            try:
+                with partial.open("wb") as handle:
+                    for block in response.iter_bytes():
+                        handle.write(block)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+        partial.replace(output)
+        return output
+
+    def wait_and_download(self, task_id: str, output_path: str | Path, poll_s: float = 2.0, timeout_s: float = 3600.0,
+                          progress: bool = True) -> Path:
+        """Poll until the task ends (a progress bar meanwhile), then download its video.
+
+        Raises :class:`Hallo2Error` when the task failed or was cancelled, :class:`TimeoutError` after ``timeout_s``.
+        """
+        import time
+
+        bar = _Progress(task_id, progress)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                state = self.status(task_id)
+                bar.update(int(state.get("progress") or 0), state.get("status_message"))
+                if state["status"] == "completed":
+                    break
+                if state["status"] in ("failed", "cancelled"):
+                    raise Hallo2Error(f"task {task_id} {state['status']}: {state.get('error') or state.get('status_message')}",
+                                      status=state["status"])
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"task {task_id} did not finish within {timeout_s:.0f}s (status {state['status']}, {state.get('progress')}%)")
+                time.sleep(poll_s)
+        finally:
+            bar.close()
+        return self.download(task_id, output_path)

@@ -1,0 +1,1 @@
+"""The stack launcher: model repository, a supervised tritonserver and the REST front end (``python -m stack``)."""

@@ -1,0 +1,71 @@
+"""``python -m stack``: the whole stack — model repository, tritonserver, REST front end.
+
+The LAM-A2E document's server options keep their meaning: ``--host/--port`` bind the REST API,
+``--weight`` points at an official checkpoint (the model repository is rebuilt from it),
+``--config-file`` is the stack's settings file, ``--log-level`` sets logging. ``--triton-url`` uses an
+external Triton (e.g. the NGC container on a GPU host) instead of starting the bundled one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from stack.triton_server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, TritonServer, TritonServerOptions
+
+log = logging.getLogger("emoserve.stack")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.build_repository import SOURCE_REPOSITORY, BuildSettings, build_repository, repository_is_built
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="REST bind address")
+    parser.add_argument("--port", type=int, default=8080, help="REST port")
+    parser.add_argument("--config-file", type=Path, default=None, help="settings file (EMOSERVE_* keys, .env syntax)")
+    parser.add_argument("--weight", type=Path, default=None, help="official LAM-A2E checkpoint; rebuilds the repository")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument("--triton-url", default=None, help="use this Triton gRPC address instead of starting one")
+    parser.add_argument("--model-repository", type=Path, default=SOURCE_REPOSITORY)
+    parser.add_argument("--profile", choices=("full", "tiny"), default="full")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the model repository even if present")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from frontend.config import load_settings
+    from frontend.main import create_app
+
+    server = None
+    if args.triton_url is None:
+        if args.rebuild or args.weight is not None or not repository_is_built(args.model_repository):
+            log.info("building the model repository (profile %s) ...", args.profile)
+            build_repository(args.model_repository, BuildSettings(profile=args.profile, checkpoint=args.weight))
+        log_path = Path("logs") / "tritonserver.log"
+        server = TritonServer(
+            TritonServerOptions(args.model_repository, DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT, log_path=log_path)
+        )
+        server.start()
+        triton_url = server.grpc_url
+    else:
+        if args.weight is not None:
+            parser.error("--weight rebuilds the local repository; with --triton-url build the remote one instead")
+        triton_url = args.triton_url
+    try:
+        settings = load_settings(args.config_file, triton_grpc_url=triton_url, log_level=args.log_level)
+        print(f"REST API   http://{args.host}:{args.port}  (docs: /docs, /redoc)", flush=True)
+        if server is not None:
+            print(f"Triton     http://{server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}", flush=True)
+            print(f"Triton log {server.log_path}", flush=True)
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

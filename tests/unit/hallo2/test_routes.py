@@ -1,0 +1,300 @@
+"""The Hallo2 REST routes (``emo-hallo-api.zh.md``) on an app built by ``install_hallo2``, with an INJECTED
+runner that encodes a tiny real MP4 (``emoserve.media.encode_video``); SQLite and the data folder in tmp."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from emoserve.audio import encode_wav
+from emoserve.media import encode_video, probe_video
+from sdk import Hallo2Client, Hallo2Error
+from frontend.config import Settings
+from frontend.errors import install_error_handlers
+from frontend.hallo2.service import install_hallo2
+from frontend.hallo2.router import GpuDevice, GpuInfo
+
+pytestmark = pytest.mark.timeout(60)
+
+FRAMES = 6
+
+
+def encoded_image(codec: str, pix_fmt: str, size: int = 32) -> bytes:
+    context = av.CodecContext.create(codec, "w")
+    context.width = context.height = size
+    context.pix_fmt, context.time_base = pix_fmt, Fraction(1, 25)
+    rgb = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+    return b"".join(bytes(packet) for packet in context.encode(frame) + context.encode(None))
+
+
+PNG = encoded_image("png", "rgb24")
+JPEG = encoded_image("mjpeg", "yuvj420p")
+WAV = encode_wav((0.1 * np.sin(np.linspace(0, 400 * np.pi, 16000))).astype(np.float32))  # 1 s
+
+
+class Gate:
+    """Holds the runner until the test opens it (the runner runs in the TestClient's event loop thread)."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.open.set()
+        self.inputs = []
+
+    async def runner(self, inputs, progress, cancel: asyncio.Event) -> bytes:
+        self.inputs.append(inputs)
+        await progress(10, "Preprocessing image...")
+        while not self.open.is_set():
+            if cancel.is_set():
+                raise asyncio.CancelledError
+            await asyncio.sleep(0.02)
+        await progress(60, "Running inference...")
+        if inputs.guidance_scale == 13.0:
+            raise RuntimeError("the model exploded")
+        frames = np.full((FRAMES, 32, 32, 3), 100, np.uint8)
+        return await asyncio.to_thread(encode_video, frames, 25)
+
+
+async def models_probe() -> list[str]:
+    return ["hallo2"]
+
+
+async def gpu_probe() -> GpuInfo:
+    return GpuInfo(available=True, count=1, devices=[GpuDevice(index=0, name="Test GPU", memory_total="24 GB")])
+
+
+@pytest.fixture()
+def gate():
+    return Gate()
+
+
+@pytest.fixture()
+def settings(tmp_path):
+    return Settings(hallo2_database_url=f"sqlite:///{tmp_path}/hallo2.db", hallo2_data_dir=tmp_path / "data",
+                    hallo2_poll_interval_s=0.05, hallo2_heartbeat_interval_s=0.2, max_hallo2_upload_bytes=64 * 1024,
+                    hallo2_cancel_grace_s=0.5)
+
+
+@pytest.fixture()
+def client(settings, gate):
+    app = FastAPI()
+    install_error_handlers(app)
+    install_hallo2(app, settings, gate.runner, models_probe, gpu_probe)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def submit(client, image=PNG, audio=WAV, **data):
+    return client.post("/api/v1/inference/hallo2", files={"image_file": ("person.png", image), "audio_file": ("speech.wav", audio)}, data=data)
+
+
+def wait_status(client, task_id, wanted, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/tasks/{task_id}").json()
+        if body["status"] in wanted:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} stayed {body['status']}")
+
+
+def test_documented_workflow_create_poll_download(client):
+    created = submit(client, use_cache="true")
+    assert created.status_code == 200
+    body = created.json()
+    assert body["status"] == "queued" and body["message"] == "Inference task queued successfully"
+    task_id = body["task_id"]
+    assert str(uuid.UUID(task_id)) == task_id
+
+    status = wait_status(client, task_id, {"completed", "failed"})
+    assert list(status) == ["task_id", "status", "progress", "status_message", "result", "error", "created_at", "updated_at"]
+    assert status["status"] == "completed" and status["progress"] == 100 and status["error"] is None
+    assert status["created_at"].endswith("Z") and status["updated_at"] >= status["created_at"]
+    result = status["result"]
+    assert result["frames"] == FRAMES and result["fps"] == 25 and result["video_url"] == f"/api/v1/tasks/{task_id}/video"
+
+    video = client.get(f"/api/v1/tasks/{task_id}/video")
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    assert len(video.content) == result["size_bytes"]
+    probe_video(video.content)  # a real, decodable MP4
+
+    logs = client.post(f"/api/v1/tasks/{task_id}/logs").json()
+    assert logs["task_id"] == task_id
+    for line in ("Task queued", "PNG image, wav audio of 1.00 s", "Preprocessing image...", "Running inference...", "Task completed"):
+        assert line in logs["logs"]
+
+    listing = client.get("/api/v1/tasks").json()
+    assert listing["count"] == 1 and listing["tasks"][task_id]["status"] == "completed"
+    health = client.get("/api/v1/health").json()
+    assert health["status"] == "healthy" and health["models_loaded"] == ["hallo2"] and health["uptime"] >= 0
+    assert health["tasks"] == {"queued": 0, "running": 0, "completed": 1, "failed": 0, "cancelled": 0}
+    assert health["gpu"]["devices"][0]["name"] == "Test GPU"
+    assert client.get("/health").json() == {"status": "healthy", "gpu_available": True, "gpu_count": 1, "gpu_name": "Test GPU"}
+
+
+def test_jpeg_and_use_cache_false(client, gate):
+    task_id = submit(client, image=JPEG, use_cache="false").json()["task_id"]
+    wait_status(client, task_id, {"completed"})
+    assert gate.inputs[0].image == JPEG and gate.inputs[0].audio == WAV and gate.inputs[0].use_cache is False
+
+
+@pytest.mark.parametrize("image, audio, code, words", [
+    (b"this is plain text, not a picture", WAV, "INVALID_IMAGE", "only JPG and PNG"),
+    (b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, WAV, "INVALID_IMAGE", "cannot be decoded"),
+    (b"", WAV, "INVALID_IMAGE", "empty"),
+    (PNG, b"this is plain text, not a sound", "INVALID_AUDIO", "Invalid audio file format"),
+    (PNG, b"", "INVALID_AUDIO", "empty"),
+])
+def test_bad_files_are_refused_by_content(client, image, audio, code, words):
+    response = submit(client, image=image, audio=audio)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error_code"] == code and words in body["detail"]
+    assert client.get("/api/v1/tasks").json()["count"] == 0
+
+
+def test_missing_file_is_a_400_with_a_code(client):
+    response = client.post("/api/v1/inference/hallo2", files={"image_file": ("person.png", PNG)})
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_REQUEST"
+
+
+def test_oversized_uploads_get_413(client):
+    big_audio = WAV + b"\x00" * (48 * 1024)  # over the 64 KiB test limit, under it + multipart overhead: read and refused
+    response = submit(client, audio=big_audio)
+    assert response.status_code == 413 and response.json()["error_code"] == "FILE_TOO_LARGE"
+    huge = b"\x00" * (200 * 1024)  # declared Content-Length alone decides
+    response = submit(client, audio=huge)
+    assert response.status_code == 413 and response.json()["error_code"] == "FILE_TOO_LARGE"
+
+
+def test_unknown_tasks_are_404(client):
+    for task_id in (str(uuid.uuid4()), "not-a-uuid", "x%27%20OR%201=1"):
+        for method, path in (("GET", ""), ("GET", "/video"), ("POST", "/logs")):
+            response = client.request(method, f"/api/v1/tasks/{task_id}{path}")
+            assert response.status_code == 404, (method, path)
+            assert response.json()["error_code"] == "TASK_NOT_FOUND"
+    response = client.delete(f"/api/v1/tasks/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert response.json()["status"] == "error" and response.json()["error_code"] == "TASK_NOT_FOUND"
+
+
+def test_video_before_completion_is_400_and_cancel_while_running(client, gate):
+    gate.open.clear()
+    running = submit(client).json()["task_id"]
+    queued = submit(client).json()["task_id"]  # max_concurrent_tasks = 1: this one waits
+    wait_status(client, running, {"processing"})
+    for task_id in (running, queued):
+        response = client.get(f"/api/v1/tasks/{task_id}/video")
+        assert response.status_code == 400 and response.json()["error_code"] == "TASK_NOT_FINISHED"
+    assert client.get(f"/api/v1/tasks/{queued}").json()["status"] == "queued"
+    assert client.get("/api/v1/health").json()["tasks"]["running"] == 1
+
+    for task_id in (queued, running):  # queued -> cancelled as documented; running -> cancelled too
+        response = client.delete(f"/api/v1/tasks/{task_id}")
+        assert response.status_code == 200
+        assert response.json() == {"status": "cancelled", "task_id": task_id, "message": "Task cancelled successfully"}
+    status = wait_status(client, running, {"cancelled"})
+    assert status["status_message"] == "Task cancelled while processing"
+    listing = client.get("/api/v1/tasks", params={"status": "cancelled"}).json()
+    assert listing["count"] == 2
+
+    again = client.delete(f"/api/v1/tasks/{running}")
+    assert again.status_code == 400
+    assert again.json() == {"status": "error", "detail": f"Task {running} is already cancelled and cannot be cancelled",
+                            "error_code": "TASK_NOT_CANCELLABLE"}
+    response = client.get(f"/api/v1/tasks/{running}/video")
+    assert response.status_code == 400 and response.json()["error_code"] == "TASK_NOT_FINISHED"
+
+    gate.open.set()  # the worker is free again
+    later = submit(client).json()["task_id"]
+    wait_status(client, later, {"completed"})
+    assert client.delete(f"/api/v1/tasks/{later}").json()["error_code"] == "TASK_NOT_CANCELLABLE"
+
+
+def test_config_applies_to_new_tasks(client, gate):
+    assert client.get("/api/v1/inference/hallo2/config").json() == {"guidance_scale": 3.5, "inference_steps": 40, "enable_cache": True}
+    response = client.post("/api/v1/inference/hallo2/config", json={"guidance_scale": 7.5, "inference_steps": 25, "enable_cache": False})
+    assert response.status_code == 200
+    assert response.json()["status"] == "success" and response.json()["message"] == "Configuration updated successfully"
+    task_id = submit(client, use_cache="true").json()["task_id"]
+    wait_status(client, task_id, {"completed"})
+    used = gate.inputs[-1]
+    assert (used.guidance_scale, used.inference_steps, used.use_cache) == (7.5, 25, False)  # enable_cache=false wins
+    assert "caching is disabled by the configuration" in client.post(f"/api/v1/tasks/{task_id}/logs").json()["logs"]
+
+    client.post("/api/v1/inference/hallo2/config", json={"inference_steps": 3})  # partial update
+    assert client.get("/api/v1/inference/hallo2/config").json() == {"guidance_scale": 7.5, "inference_steps": 3, "enable_cache": False}
+
+
+@pytest.mark.parametrize("body", [
+    {"guidance_scale": 0.5}, {"guidance_scale": 25}, {"inference_steps": 0}, {"inference_steps": 101},
+    {"inference_steps": 2.5}, {"guidance_scale": "loud"}, {"enable_cache": "maybe"}, {"temperature": 1.0}, {},
+])
+def test_invalid_config_is_refused(client, body):
+    response = client.post("/api/v1/inference/hallo2/config", json=body)
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_CONFIG"
+    assert client.get("/api/v1/inference/hallo2/config").json()["guidance_scale"] == 3.5
+
+
+def test_list_filter_and_failed_task(client):
+    client.post("/api/v1/inference/hallo2/config", json={"guidance_scale": 13.0})  # the test runner fails on 13.0
+    task_id = submit(client).json()["task_id"]
+    status = wait_status(client, task_id, {"failed"})
+    assert status["error"] == "inference failed: the model exploded" and status["result"] is None
+    assert client.get("/api/v1/tasks", params={"status": "failed"}).json()["count"] == 1
+    assert client.get("/api/v1/tasks", params={"status": "completed"}).json()["count"] == 0
+    response = client.get("/api/v1/tasks", params={"status": "sleeping"})
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_STATUS"
+    assert client.get(f"/api/v1/tasks/{task_id}/video").json()["error_code"] == "TASK_NOT_FINISHED"
+
+
+def test_tasks_survive_an_app_restart(settings, gate, tmp_path):
+    """Queued tasks in the database are run by the next app on the same database and data folder."""
+    gate.open.clear()
+    app = FastAPI()
+    install_error_handlers(app)
+    install_hallo2(app, settings, gate.runner, models_probe, gpu_probe)
+    with TestClient(app) as first:
+        ids = [submit(first).json()["task_id"] for _ in range(2)]
+        wait_status(first, ids[0], {"processing"})
+    # shut down: the running task was re-queued
+    gate.open.set()
+    app = FastAPI()
+    install_error_handlers(app)
+    install_hallo2(app, settings, gate.runner, models_probe, gpu_probe)
+    with TestClient(app) as second:
+        for task_id in ids:
+            wait_status(second, task_id, {"completed"})
+        assert "the server shut down while processing it" in second.post(f"/api/v1/tasks/{ids[0]}/logs").json()["logs"]
+
+
+def test_sdk_client_waits_and_downloads(client, tmp_path):
+    image, audio = tmp_path / "person.jpg", tmp_path / "speech.wav"
+    image.write_bytes(JPEG)
+    audio.write_bytes(WAV)
+    sdk = Hallo2Client("http://testserver", client=client)
+    task_id = sdk.inference(image, audio, use_cache=True)
+    output = sdk.wait_and_download(task_id, tmp_path / "out.mp4", poll_s=0.05, timeout_s=30)
+    probe_video(output.read_bytes())
+    assert sdk.status(task_id)["status"] == "completed"
+    with pytest.raises(Hallo2Error) as error:
+        sdk.cancel(task_id)
+    assert error.value.status_code == 400 and error.value.error_code == "TASK_NOT_CANCELLABLE"
+    with pytest.raises(Hallo2Error) as error:
+        sdk.inference(tmp_path / "speech.wav", audio)  # audio as the image
+    assert error.value.error_code == "INVALID_IMAGE"
+
+    sdk.configure(guidance_scale=13.0)  # the test runner fails on 13.0
+    failing = sdk.inference(image, audio)
+    with pytest.raises(Hallo2Error) as error:
+        sdk.wait_and_download(failing, tmp_path / "never.mp4", poll_s=0.05, timeout_s=30, progress=False)
+    assert error.value.status == "failed" and not (tmp_path / "never.mp4").exists()
