@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Emotion-AI REST front end (LAM-A2E API) over Triton")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--config-file", type=Path, default=None, help="settings file (EMOSERVE_* keys, .env syntax)")
+    parser.add_argument("--config-file", type=Path, default=None,
+                        help="settings file (.env syntax: EMOSERVE_API_KEY, EMOSERVE_HALLO2__DATABASE_URL ...)")
     parser.add_argument("--triton-url", default=None, help="Triton gRPC address host:port")
     parser.add_argument("--log-level", default=None, choices=("critical", "error", "warning", "info", "debug"))
     args = parser.parse_args(argv)

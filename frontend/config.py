@@ -1,56 +1,110 @@
-"""The front end's one settings object (environment variables ``EMOSERVE_*`` or an ``.env``-style file)."""
+"""The front end's one settings object (environment variables ``EMOSERVE_*`` or an ``.env``-style file).
+
+Common settings are top-level (``EMOSERVE_TRITON_GRPC_URL``, ``EMOSERVE_API_KEY`` ...); each model's are nested
+under its name, with ``__`` in the environment: ``EMOSERVE_LAM_A2E__MAX_UPLOAD_BYTES``,
+``EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS`` (a JSON list), ``EMOSERVE_HALLO2__DATABASE_URL``. The defaults are the
+models' own (``emoserve/<model>/defaults.py``).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
+from emoserve.hallo2.defaults import HALLO2
+from emoserve.lam_a2e.defaults import LAM_A2E
+
+log = logging.getLogger(__name__)
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "EMOSERVE_"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EMOSERVE_", extra="ignore")
+class LamA2ESettings(BaseModel):
+    max_upload_bytes: int = Field(LAM_A2E.max_upload_bytes, gt=0, description="whole-file audio upload limit (413 above)")
+    max_chunk_bytes: int = Field(LAM_A2E.max_chunk_bytes, gt=0, description="one streaming chunk upload limit (413 above)")
+    max_chunk_seconds: float = Field(LAM_A2E.max_chunk_seconds, gt=0)
+    max_audio_seconds: float = Field(LAM_A2E.max_audio_seconds, gt=0)
+    max_sessions: int = Field(LAM_A2E.max_sessions, gt=0, description="live streaming sessions; init answers 503 beyond")
+    session_idle_timeout_s: float = Field(LAM_A2E.session_idle_timeout_s, gt=0,
+                                          description="a session with no chunk for this long is closed")
+    session_sweep_interval_s: float = Field(LAM_A2E.session_sweep_interval_s, gt=0)
 
-    triton_grpc_url: str = "127.0.0.1:8001"
-    triton_timeout_s: float = Field(120.0, gt=0, description="per Triton call")
-    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="whole-file audio upload limit (413 above)")
-    max_chunk_bytes: int = Field(8 * 1024 * 1024, gt=0, description="one streaming chunk upload limit (413 above)")
-    max_chunk_seconds: float = Field(30.0, gt=0)
-    max_audio_seconds: float = Field(600.0, gt=0)
-    max_sessions: int = Field(256, gt=0, description="live streaming sessions; init answers 503 beyond")
-    session_idle_timeout_s: float = Field(300.0, gt=0, description="a session with no chunk for this long is closed")
-    session_sweep_interval_s: float = Field(5.0, gt=0)
-    api_key: str | None = Field(None, description="when set, /api routes need header X-API-Key or Bearer token")
-    # Emotion-LLaMA
+
+class EmotionLlamaSettings(BaseModel):
     media_roots: list[Path] = Field(
         default_factory=lambda: [PROJECT_ROOT / "examples"],
         description="server-side video paths are accepted only inside these folders (JSON list in the environment)",
     )
-    max_video_bytes: int = Field(200 * 1024 * 1024, gt=0, description="video file / upload limit (413 above)")
-    max_prompt_chars: int = Field(2000, gt=0)
-    generation_timeout_s: float = Field(600.0, gt=0, description="a whole Emotion-LLaMA answer")
-    # Hallo2 (tasks in a database; see frontend/hallo2_tasks.py)
-    hallo2_database_url: str = Field("sqlite:///data/hallo2.db", description="any SQLAlchemy URL; a relative SQLite path is relative to the working dir")
-    hallo2_data_dir: Path = Field(Path("data/hallo2"), description="one folder per task: inputs and the result video")
-    max_concurrent_tasks: int = Field(1, ge=1, description="Hallo2 tasks run at once by this front end")
-    max_hallo2_upload_bytes: int = Field(500 * 1024 * 1024, gt=0, description="image + audio of one Hallo2 task (413 above)")
-    hallo2_guidance_scale: float = Field(3.5, ge=1.0, le=20.0, description="default until POST /api/v1/inference/hallo2/config")
-    hallo2_inference_steps: int = Field(40, ge=1, le=100)
-    hallo2_enable_cache: bool = True
-    hallo2_max_attempts: int = Field(3, ge=1, description="a task interrupted by this many dead processes fails")
-    hallo2_heartbeat_interval_s: float = Field(10.0, gt=0)
-    hallo2_stale_after_s: float = Field(60.0, gt=0, description="a processing task without a heartbeat this long is re-queued")
-    hallo2_recover_all_on_startup: bool = Field(True, description="one front end per database: every 'processing' task at startup is orphaned")
-    hallo2_poll_interval_s: float = Field(1.0, gt=0, description="how often a worker looks for tasks queued by other replicas")
-    hallo2_cancel_grace_s: float = Field(10.0, ge=0, description="a cancelled runner is cancelled outright after this")
+    max_video_bytes: int = Field(EMOTION_LLAMA.max_video_bytes, gt=0, description="video file / upload limit (413 above)")
+    max_prompt_chars: int = Field(EMOTION_LLAMA.max_prompt_chars, gt=0)
+    generation_timeout_s: float = Field(EMOTION_LLAMA.generation_timeout_s, gt=0, description="a whole Emotion-LLaMA answer")
+
+
+class Hallo2Settings(BaseModel):
+    """The task service (tasks in a database; see frontend/hallo2/tasks.py)."""
+
+    database_url: str = Field("sqlite:///data/hallo2.db",
+                              description="any SQLAlchemy URL; a relative SQLite path is relative to the working dir")
+    data_dir: Path = Field(Path("data/hallo2"), description="one folder per task: inputs and the result video")
+    max_concurrent_tasks: int = Field(HALLO2.max_concurrent_tasks, ge=1, description="Hallo2 tasks run at once by this front end")
+    max_upload_bytes: int = Field(HALLO2.max_upload_bytes, gt=0, description="image + audio of one Hallo2 task (413 above)")
+    guidance_scale: float = Field(HALLO2.guidance_scale, ge=HALLO2.min_guidance_scale, le=HALLO2.max_guidance_scale,
+                                  description="default until POST /api/v1/inference/hallo2/config")
+    inference_steps: int = Field(HALLO2.inference_steps, ge=1, le=HALLO2.max_inference_steps)
+    enable_cache: bool = HALLO2.enable_cache
+    max_attempts: int = Field(HALLO2.max_attempts, ge=1, description="a task interrupted by this many dead processes fails")
+    heartbeat_interval_s: float = Field(HALLO2.heartbeat_interval_s, gt=0)
+    stale_after_s: float = Field(HALLO2.stale_after_s, gt=0, description="a processing task without a heartbeat this long is re-queued")
+    recover_all_on_startup: bool = Field(True, description="one front end per database: every 'processing' task at startup is orphaned")
+    poll_interval_s: float = Field(HALLO2.poll_interval_s, gt=0, description="how often a worker looks for tasks queued by other replicas")
+    cancel_grace_s: float = Field(HALLO2.cancel_grace_s, ge=0, description="a cancelled runner is cancelled outright after this")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+
+    triton_grpc_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = Field(120.0, gt=0, description="per Triton call")
+    api_key: str | None = Field(None, description="when set, /api routes need header X-API-Key or Bearer token")
     log_level: str = "info"
+    lam_a2e: LamA2ESettings = Field(default_factory=LamA2ESettings)
+    emotion_llama: EmotionLlamaSettings = Field(default_factory=EmotionLlamaSettings)
+    hallo2: Hallo2Settings = Field(default_factory=Hallo2Settings)
+
+
+# Names used before the settings were nested by model: no longer read (a warning says so).
+_FLAT_NAMES = {
+    **{name: f"lam_a2e__{name}" for name in LamA2ESettings.model_fields},
+    **{name: f"emotion_llama__{name}" for name in EmotionLlamaSettings.model_fields},
+    **{f"hallo2_{name}": f"hallo2__{name}" for name in Hallo2Settings.model_fields},
+    "max_concurrent_tasks": "hallo2__max_concurrent_tasks",
+    "max_hallo2_upload_bytes": "hallo2__max_upload_bytes",
+}
+
+
+def _warn_flat_names(names) -> None:
+    for name in sorted({n.upper() for n in names}):
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if name.startswith(ENV_PREFIX) and key in _FLAT_NAMES:
+            log.warning("%s is no longer read: use %s%s", name, ENV_PREFIX, _FLAT_NAMES[key].upper())
 
 
 def load_settings(config_file: Path | None = None, **overrides) -> Settings:
+    names = list(os.environ)
     if config_file is not None:
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"config file {config_file} does not exist")
-        return Settings(_env_file=str(config_file), **overrides)
-    return Settings(**overrides)
+        from dotenv import dotenv_values
+
+        names += list(dotenv_values(config_file))
+        settings = Settings(_env_file=str(config_file), **overrides)
+    else:
+        settings = Settings(**overrides)
+    _warn_flat_names(names)
+    return settings

@@ -1,4 +1,5 @@
-"""Request-scoped dependencies: settings, the Triton engine, the session registry, the API key check."""
+"""Request-scoped dependencies shared by the slices: settings, a model engine from the app state, the API key
+check, bounded upload reads. Each slice's own engine dependency is in ``frontend/<model>/engine.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from fastapi import Depends, Request, UploadFile
 
 from frontend.config import Settings
 from frontend.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
-from frontend.lam_a2e.sessions import SessionRegistry
-from frontend.triton import TritonEngine
 
 _READ_BLOCK = 1 << 20
 
@@ -19,15 +18,12 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> TritonEngine:
-    engine = getattr(request.app.state, "engine", None)
+def engine_from_state(request: Request, name: str):
+    """A model engine the lifespan put in ``app.state.<name>``; 503 outside the lifespan."""
+    engine = getattr(request.app.state, name, None)
     if engine is None:
         raise ServiceUnavailable("model not initialised: the Triton client is not connected")
     return engine
-
-
-def get_sessions(request: Request) -> SessionRegistry:
-    return request.app.state.sessions
 
 
 def require_api_key(request: Request) -> None:
@@ -43,8 +39,6 @@ def require_api_key(request: Request) -> None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[TritonEngine, Depends(get_engine)]
-SessionsDep = Annotated[SessionRegistry, Depends(get_sessions)]
 
 
 async def read_upload(upload: UploadFile, limit_bytes: int, field_name: str, *, allow_empty: bool = False,

@@ -86,7 +86,8 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(error_body(request, exc.status_code, exc.detail, exc.details, exc.error_code), status_code=exc.status_code, headers=headers)
+        body = error_body(request, exc.status_code, exc.detail, exc.details, exc.error_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,6 @@
-"""The FastAPI application: settings, the pooled Triton client and the session sweeper live in its lifespan."""
+"""The FastAPI application: the three model slices' routers, one size middleware, and one lifespan that starts
+the pooled Triton client and the models' engines, the LAM-A2E session sweeper and the Hallo2 task service
+(and stops them in reverse order)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,18 @@ import contextlib
 import logging
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from frontend.config import Settings
-from emoserve.model_catalog import HALLO2_MODELS, HALLO2_PIPELINE_MODEL
-from frontend.errors import ServiceUnavailable, install_error_handlers
-from frontend.hallo2.service import install_hallo2
-from frontend.hallo2.worker import TaskInputs
 from frontend.emotion_llama import router as emotion_llama
+from frontend.emotion_llama.engine import EmotionLlamaEngine, TritonEmotionLlamaEngine
+from frontend.errors import install_error_handlers
+from frontend.hallo2 import router as hallo2
+from frontend.hallo2.engine import Hallo2Engine, TritonHallo2Engine
+from frontend.hallo2.service import Hallo2Service
 from frontend.lam_a2e import router as lam_a2e
+from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
 from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
 from frontend.triton import TritonEngine
 
@@ -27,29 +30,62 @@ log = logging.getLogger(__name__)
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def oversized_body(settings: Settings, method: str, path: str, declared: str | None) -> JSONResponse | None:
+    """The 413 for a request whose declared body (``Content-Length``) is over its limit, else None.
+
+    ``POST /api/v1/inference/hallo2`` has its own limit and body (Hallo2's error format); every other request
+    is held to the largest upload limit of the app, with the ``{"detail"}`` body.
+    """
+    if not (declared and declared.isdigit()):
+        return None
+    size = int(declared)
+    if method == "POST" and path.rstrip("/") == hallo2.UPLOAD_PATH and size > settings.hallo2.max_upload_bytes + _MULTIPART_OVERHEAD_BYTES:
+        return hallo2.upload_too_large(declared, settings.hallo2.max_upload_bytes)
+    limit = max(settings.lam_a2e.max_upload_bytes, settings.lam_a2e.max_chunk_bytes, settings.emotion_llama.max_video_bytes,
+                settings.hallo2.max_upload_bytes)
+    limit += _MULTIPART_OVERHEAD_BYTES
+    if size > limit:
+        return JSONResponse({"detail": f"request body of {declared} bytes exceeds the {limit} byte limit"}, status_code=413)
+    return None
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    lam_a2e_engine: LamA2EEngine | None = None,
+    emotion_llama_engine: EmotionLlamaEngine | None = None,
+    hallo2_engine: Hallo2Engine | None = None,
+) -> FastAPI:
+    """The app; an engine given here replaces that model's Triton engine (tests)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = TritonEngine(settings.triton_grpc_url, settings.triton_timeout_s)
+        triton = TritonEngine(settings.triton_grpc_url, settings.triton_timeout_s)
+        lam = lam_a2e_engine or TritonLamA2EEngine(triton)
 
         async def end_sequence(session: StreamSession) -> None:
-            await engine.stream_chunk(session.correlation_id, np.zeros(0, np.float32), start=False, end=True)
+            await lam.end_sequence(session.correlation_id)
 
-        sessions = SessionRegistry(settings.max_sessions, settings.session_idle_timeout_s, end_sequence)
-        app.state.engine, app.state.sessions = engine, sessions
-        sweeper = asyncio.create_task(sessions.sweep_forever(settings.session_sweep_interval_s))
+        sessions = SessionRegistry(settings.lam_a2e.max_sessions, settings.lam_a2e.session_idle_timeout_s, end_sequence)
+        app.state.lam_a2e_engine, app.state.sessions = lam, sessions
+        app.state.emotion_llama_engine = emotion_llama_engine or TritonEmotionLlamaEngine(triton)
+        sweeper = asyncio.create_task(sessions.sweep_forever(settings.lam_a2e.session_sweep_interval_s))
         log.info("front end connected to Triton gRPC at %s", settings.triton_grpc_url)
+        tasks = Hallo2Service(settings.hallo2, hallo2_engine or TritonHallo2Engine(triton))
         try:
+            await tasks.start()
+            app.state.hallo2 = tasks
             yield
         finally:
+            app.state.hallo2 = None
+            await tasks.stop()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await sessions.close_all()
-            await engine.close()
-            app.state.engine = None
+            await triton.close()
+            app.state.lam_a2e_engine = app.state.emotion_llama_engine = None
 
     app = FastAPI(
         title="Emotion-AI serving stack",
@@ -59,35 +95,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.engine = None
+    app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.hallo2 = None
     install_error_handlers(app)
 
     @app.middleware("http")
     async def refuse_oversized_bodies(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        limit = max(settings.max_upload_bytes, settings.max_chunk_bytes, settings.max_video_bytes, settings.max_hallo2_upload_bytes)
-        limit += _MULTIPART_OVERHEAD_BYTES
-        if declared and declared.isdigit() and int(declared) > limit:
-            return JSONResponse({"detail": f"request body of {declared} bytes exceeds the {limit} byte limit"}, status_code=413)
-        return await call_next(request)
+        refusal = oversized_body(settings, request.method, request.url.path, request.headers.get("content-length"))
+        return refusal if refusal is not None else await call_next(request)
 
-    app.include_router(lam_a2e.router)
-    app.include_router(lam_a2e.protected)
-    app.include_router(emotion_llama.router)
-
-    async def hallo2_runner(inputs: TaskInputs, progress, cancel: asyncio.Event) -> bytes:
-        engine = app.state.engine
-        if engine is None:
-            raise ServiceUnavailable("model not initialised: the Triton client is not connected")
-        video, _ = await engine.run_hallo2(
-            inputs.image, inputs.audio, steps=inputs.inference_steps, guidance_scale=inputs.guidance_scale,
-            use_cache=inputs.use_cache, progress=progress, cancel=cancel,
-        )
-        return video
-
-    async def hallo2_models() -> list[str]:
-        engine = app.state.engine
-        return [HALLO2_PIPELINE_MODEL] if engine is not None and await engine.models_ready(HALLO2_MODELS) else []
-
-    install_hallo2(app, settings, hallo2_runner, hallo2_models)
+    for model in (lam_a2e, emotion_llama, hallo2):
+        app.include_router(model.public)
+        app.include_router(model.protected)
     return app

@@ -1,99 +1,45 @@
-"""The pooled async Triton client (gRPC) opened in the app's lifespan, and the A2E calls made through it.
+"""The pooled async Triton client (gRPC) opened in the app's lifespan, and what every model's engine shares:
+tensor helpers, model readiness and config facts, and the Triton-error → typed-error mapping.
 
-Triton's own errors are mapped to the API's typed errors here, and nowhere else.
+Triton's own errors are mapped to the API's typed errors here, and nowhere else. Each model's calls live in
+its slice: ``frontend/<model>/engine.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from emoserve.model_catalog import (
-    AUDIO_BYTES,
-    GUIDANCE_SCALE,
-    HALLO2_IMAGE,
-    HALLO2_PIPELINE_MODEL,
-    INFERENCE_STEPS,
-    PROGRESS,
-    STATUS_MESSAGE,
-    USE_CACHE,
-    VIDEO_MP4,
-    EMOTION_PIPELINE_MODEL,
-    MAX_NEW_TOKENS,
-    PROMPT,
-    REPETITION_PENALTY,
-    RESULT_METADATA,
-    TEMPERATURE,
-    TEXT,
-    TEXT_DELTA,
-    TOKEN_IDS,
-    TOP_P,
-    VIDEO,
-    A2E_MODELS,
-    A2E_NETWORK_MODEL,
-    A2E_OFFLINE_MODEL,
-    A2E_STREAM_MODEL,
-    AUDIO,
-    BLENDSHAPES,
-    BROW_MOVEMENT,
-    CHUNK_INDEX,
-    FIRST_FRAME_INDEX,
-    ID_IDX,
-    MOVEMENT_SMOOTH,
-    SEED,
-    WEIGHTS_PARAMETER,
-)
+from emoserve.model_catalog import A2E_MODELS, WEIGHTS_PARAMETER
 from frontend.errors import ApiError, BadRequest, InferenceFailed, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class GenerationEvent:
-    """One piece of a streamed answer: ``delta`` text, or the final answer with its metadata."""
-
-    delta: str | None = None
-    text: str | None = None
-    token_ids: list[int] | None = None
-    metadata: dict | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.text is not None
+_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32", np.dtype(np.bool_): "BOOL", np.dtype(np.uint64): "UINT64",
+              np.dtype(np.object_): "BYTES"}
 
 
-@dataclass
-class StreamChunkOutput:
-    frames: np.ndarray
-    first_frame_index: int
-    chunk_index: int
-
-
-def _tensor(name: str, value: np.ndarray, batched: bool) -> grpcclient.InferInput:
+def tensor(name: str, value: np.ndarray, batched: bool = False) -> grpcclient.InferInput:
+    """An input tensor from an array (``batched``: with a leading batch dimension of 1)."""
     array = value[None] if batched else value
-    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32", np.dtype(np.bool_): "BOOL", np.dtype(np.uint64): "UINT64",
-                np.dtype(np.object_): "BYTES"}[array.dtype]
-    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
+    infer_input = grpcclient.InferInput(name, list(array.shape), _DATATYPES[array.dtype])
+    infer_input.set_data_from_numpy(array)
+    return infer_input
 
 
-def _a2e_inputs(audio: np.ndarray, id_idx: int, movement_smooth: bool, brow_movement: bool, seed: int | None, batched: bool):
-    inputs = [
-        _tensor(AUDIO, np.ascontiguousarray(audio, dtype=np.float32).reshape(-1), batched),
-        _tensor(ID_IDX, np.array([id_idx], np.int32), batched),
-        _tensor(MOVEMENT_SMOOTH, np.array([movement_smooth], np.bool_), batched),
-        _tensor(BROW_MOVEMENT, np.array([brow_movement], np.bool_), batched),
-    ]
-    if seed is not None:
-        inputs.append(_tensor(SEED, np.array([seed], np.uint64), batched))
-    return inputs
+def bytes_tensor(name: str, value: bytes) -> grpcclient.InferInput:
+    return tensor(name, np.array([value], dtype=np.object_))
+
+
+def requested(*names: str) -> list[grpcclient.InferRequestedOutput]:
+    return [grpcclient.InferRequestedOutput(name) for name in names]
+
+
+def first_text(result, name: str) -> str:
+    return result.as_numpy(name).reshape(-1)[0].decode("utf-8")
 
 
 def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
@@ -115,6 +61,8 @@ def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
 
 
 class TritonEngine:
+    """The one pooled gRPC client of the app; the per-model engines call Triton through it."""
+
     def __init__(self, url: str, timeout_s: float):
         self.url = url
         self.timeout_s = timeout_s
@@ -147,146 +95,9 @@ class TritonEngine:
             self._model_facts[model] = {"weights": weights, "gpu": "KIND_GPU" in instance_kinds}
         return self._model_facts[model]
 
-    async def gpu_available(self) -> bool:
-        try:
-            return bool((await self.model_facts(A2E_NETWORK_MODEL))["gpu"])
-        except ApiError:
-            return False
-
-    async def _infer(self, what: str, **kwargs):
+    async def infer(self, what: str, **kwargs):
+        """One unary call (``client.infer`` keywords) under the client timeout; Triton errors mapped for ``what``."""
         try:
             return await self.client.infer(client_timeout=self.timeout_s, **kwargs)
         except InferenceServerException as exc:
             raise map_triton_error(exc, what) from None
-
-    async def infer_whole_audio(self, audio: np.ndarray, id_idx: int, movement_smooth: bool, brow_movement: bool, seed: int = 0) -> np.ndarray:
-        result = await self._infer(
-            "whole-audio inference",
-            model_name=A2E_OFFLINE_MODEL,
-            inputs=_a2e_inputs(audio, id_idx, movement_smooth, brow_movement, seed, batched=False),
-            outputs=[grpcclient.InferRequestedOutput(BLENDSHAPES)],
-        )
-        return result.as_numpy(BLENDSHAPES)
-
-    async def stream_chunk(
-        self,
-        correlation_id: int,
-        audio: np.ndarray,
-        *,
-        start: bool,
-        end: bool = False,
-        id_idx: int = 0,
-        movement_smooth: bool = False,
-        brow_movement: bool = False,
-        seed: int | None = None,
-    ) -> StreamChunkOutput:
-        result = await self._infer(
-            "streaming inference",
-            model_name=A2E_STREAM_MODEL,
-            inputs=_a2e_inputs(audio, id_idx, movement_smooth, brow_movement, seed, batched=True),
-            outputs=[grpcclient.InferRequestedOutput(name) for name in (BLENDSHAPES, FIRST_FRAME_INDEX, CHUNK_INDEX)],
-            sequence_id=correlation_id,
-            sequence_start=start,
-            sequence_end=end,
-        )
-        return StreamChunkOutput(
-            frames=result.as_numpy(BLENDSHAPES)[0],
-            first_frame_index=int(result.as_numpy(FIRST_FRAME_INDEX).reshape(-1)[0]),
-            chunk_index=int(result.as_numpy(CHUNK_INDEX).reshape(-1)[0]),
-        )
-
-    async def stream_emotion_llama(self, video: bytes, prompt: str, sampling: dict[str, float | int | None], timeout_s: float):
-        """Async iterator of :class:`GenerationEvent` from the ``emotion_llama`` pipeline (gRPC stream).
-
-        Leaving the iteration early (a client that went away) cancels the gRPC call, which Triton passes
-        on to the pipeline as a cancelled request.
-        """
-        inputs = [
-            _tensor(VIDEO, np.array([video], dtype=np.object_), batched=False),
-            _tensor(PROMPT, np.array([prompt.encode("utf-8")], dtype=np.object_), batched=False),
-        ]
-        kinds = {TEMPERATURE: np.float32, TOP_P: np.float32, REPETITION_PENALTY: np.float32, MAX_NEW_TOKENS: np.int32, SEED: np.uint64}
-        for name, value in sampling.items():
-            if value is not None:
-                inputs.append(_tensor(name, np.array([value], dtype=kinds[name]), batched=False))
-
-        async def requests():
-            yield {"model_name": EMOTION_PIPELINE_MODEL, "inputs": inputs,
-                   "outputs": [grpcclient.InferRequestedOutput(n) for n in (TEXT_DELTA, TEXT, TOKEN_IDS, RESULT_METADATA)]}
-
-        stream = self.client.stream_infer(requests(), stream_timeout=timeout_s)
-        try:
-            async for result, error in stream:
-                if error is not None:
-                    raise map_triton_error(error, "Emotion-LLaMA")
-                delta = result.as_numpy(TEXT_DELTA)
-                if delta is not None:
-                    yield GenerationEvent(delta=delta.reshape(-1)[0].decode("utf-8"))
-                    continue
-                text = result.as_numpy(TEXT)
-                if text is not None:
-                    metadata = json.loads(result.as_numpy(RESULT_METADATA).reshape(-1)[0])
-                    token_ids = [int(t) for t in result.as_numpy(TOKEN_IDS).reshape(-1)]
-                    yield GenerationEvent(text=text.reshape(-1)[0].decode("utf-8"), token_ids=token_ids, metadata=metadata)
-                    return
-            raise InferenceFailed("Emotion-LLaMA: the stream ended without an answer")
-        except InferenceServerException as exc:
-            raise map_triton_error(exc, "Emotion-LLaMA") from None
-        finally:
-            stream.cancel()
-
-    async def run_hallo2(
-        self,
-        image: bytes,
-        audio: bytes,
-        *,
-        steps: int,
-        guidance_scale: float,
-        use_cache: bool,
-        progress,
-        cancel: asyncio.Event,
-        seed: int | None = None,
-    ) -> tuple[bytes, dict]:
-        """Stream the ``hallo2`` pipeline: ``await progress(percent, message)`` per step; the MP4 at the end.
-
-        Setting ``cancel`` cancels the gRPC call, which Triton passes to the pipeline as a cancelled request
-        (it stops between denoising steps); :class:`asyncio.CancelledError` is raised here then.
-        """
-        inputs = [
-            _tensor(HALLO2_IMAGE, np.array([image], dtype=np.object_), batched=False),
-            _tensor(AUDIO_BYTES, np.array([audio], dtype=np.object_), batched=False),
-            _tensor(INFERENCE_STEPS, np.array([steps], np.int32), batched=False),
-            _tensor(GUIDANCE_SCALE, np.array([guidance_scale], np.float32), batched=False),
-            _tensor(USE_CACHE, np.array([use_cache], np.bool_), batched=False),
-        ]
-        if seed is not None:
-            inputs.append(_tensor(SEED, np.array([seed], np.uint64), batched=False))
-
-        async def requests():
-            yield {"model_name": HALLO2_PIPELINE_MODEL, "inputs": inputs}
-
-        stream = self.client.stream_infer(requests())
-        watcher = asyncio.create_task(cancel.wait())
-        try:
-            iterator = stream.__aiter__()
-            while True:
-                step = asyncio.ensure_future(iterator.__anext__())
-                done, _ = await asyncio.wait({step, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if watcher in done:
-                    step.cancel()
-                    raise asyncio.CancelledError("Hallo2 task cancelled")
-                try:
-                    result, error = step.result()
-                except StopAsyncIteration:
-                    raise InferenceFailed("Hallo2: the stream ended without a video") from None
-                if error is not None:
-                    raise map_triton_error(error, "Hallo2")
-                video = result.as_numpy(VIDEO_MP4)
-                if video is not None:
-                    return bytes(video.reshape(-1)[0]), json.loads(result.as_numpy(RESULT_METADATA).reshape(-1)[0])
-                await progress(float(result.as_numpy(PROGRESS).reshape(-1)[0]), result.as_numpy(STATUS_MESSAGE).reshape(-1)[0].decode())
-        except InferenceServerException as exc:
-            raise map_triton_error(exc, "Hallo2") from None
-        finally:
-            watcher.cancel()
-            stream.cancel()

@@ -10,12 +10,13 @@ Server-side paths must lie inside the server's media roots; ``analyze_file`` upl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.prompts import EMOTION_LABELS
 
 TASK_PROMPTS = {
@@ -49,14 +50,14 @@ def question_for(task: str, sentence: str | None = None) -> str:
 
 
 class EmotionLLaMA:
-    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = 600.0):
+    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = EMOTION_LLAMA.generation_timeout_s):
         headers = {"X-API-Key": api_key} if api_key else {}
         self._client = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s)
 
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "EmotionLLaMA":
+    def __enter__(self) -> EmotionLLaMA:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -70,7 +71,9 @@ class EmotionLLaMA:
         emotion = body.get("emotion")
         if emotion is not None and emotion not in EMOTION_LABELS:
             raise EmotionLLaMAError(500, f"server returned an unknown label {emotion!r}")
-        return AnalysisResult(body["response"], emotion, body.get("confidence"), body.get("label_probs"), body.get("duration", 0.0), body.get("metadata", {}))
+        return AnalysisResult(
+            body["response"], emotion, body.get("confidence"), body.get("label_probs"), body.get("duration", 0.0), body.get("metadata", {})
+        )
 
     def analyze(self, video_path: str | Path, task: str = "emotion", sentence: str | None = None, **sampling) -> AnalysisResult:
         """Ask about a video the SERVER can read (inside its media roots)."""
@@ -171,7 +174,7 @@ class Hallo2Client:
         if self._owns_client:
             self._client.close()
 
-    def __enter__(self) -> "Hallo2Client":
+    def __enter__(self) -> Hallo2Client:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -184,7 +187,8 @@ class Hallo2Client:
         except ValueError:
             body = {}
         if response.status_code != 200:
-            raise Hallo2Error(f"{response.status_code}: {body.get('detail') or response.text}", response.status_code, body.get("error_code"))
+            message = f"{response.status_code}: {body.get('detail') or response.text}"
+            raise Hallo2Error(message, response.status_code, body.get("error_code"))
         return body
 
     def inference(self, image_path: str | Path, audio_path: str | Path, use_cache: bool = True) -> str:
@@ -197,7 +201,8 @@ class Hallo2Client:
         return self._json(response)["task_id"]
 
     def configure(self, guidance_scale: float | None = None, inference_steps: int | None = None, enable_cache: bool | None = None) -> dict:
-        body = {k: v for k, v in {"guidance_scale": guidance_scale, "inference_steps": inference_steps, "enable_cache": enable_cache}.items() if v is not None}
+        settings = {"guidance_scale": guidance_scale, "inference_steps": inference_steps, "enable_cache": enable_cache}
+        body = {k: v for k, v in settings.items() if v is not None}
         return self._json(self._client.post("/api/v1/inference/hallo2/config", json=body))
 
     def status(self, task_id: str) -> dict:
@@ -253,7 +258,9 @@ class Hallo2Client:
                     raise Hallo2Error(f"task {task_id} {state['status']}: {state.get('error') or state.get('status_message')}",
                                       status=state["status"])
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"task {task_id} did not finish within {timeout_s:.0f}s (status {state['status']}, {state.get('progress')}%)")
+                    raise TimeoutError(
+                        f"task {task_id} did not finish within {timeout_s:.0f}s (status {state['status']}, {state.get('progress')}%)"
+                    )
                 time.sleep(poll_s)
         finally:
             bar.close()

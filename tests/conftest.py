@@ -38,9 +38,9 @@ def hallo2_task_database(tmp_path_factory):
     import os
 
     folder = tmp_path_factory.mktemp("hallo2_default")
-    saved = {key: os.environ.get(key) for key in ("EMOSERVE_HALLO2_DATABASE_URL", "EMOSERVE_HALLO2_DATA_DIR")}
-    os.environ["EMOSERVE_HALLO2_DATABASE_URL"] = f"sqlite:///{folder / 'tasks.db'}"
-    os.environ["EMOSERVE_HALLO2_DATA_DIR"] = str(folder / "tasks")
+    saved = {key: os.environ.get(key) for key in ("EMOSERVE_HALLO2__DATABASE_URL", "EMOSERVE_HALLO2__DATA_DIR")}
+    os.environ["EMOSERVE_HALLO2__DATABASE_URL"] = f"sqlite:///{folder / 'tasks.db'}"
+    os.environ["EMOSERVE_HALLO2__DATA_DIR"] = str(folder / "tasks")
     yield
     for key, value in saved.items():
         if value is None:
@@ -79,8 +79,8 @@ def media_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def frontend(triton_server, media_root):
     env = {
-        "EMOSERVE_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
-        "EMOSERVE_MEDIA_ROOTS": json.dumps([str(EXAMPLES), str(media_root)]),
+        "EMOSERVE_LAM_A2E__MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
+        "EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS": json.dumps([str(EXAMPLES), str(media_root)]),
     }
     process = FrontendProcess(triton_server.grpc_url, env).start()
     yield process

@@ -7,65 +7,31 @@ found), 413 (too large), 500 (inference failed), 503 (model not loaded / Triton 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, AsyncIterator
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
-from emoserve.emotion_llama.prompts import EMOTION_LABELS, validate_question
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
+from emoserve.emotion_llama.prompts import validate_question
 from emoserve.media import VideoDecodeError, probe_video
-from emoserve.model_catalog import MAX_NEW_TOKENS, REPETITION_PENALTY, SEED, TEMPERATURE, TOP_P
 from frontend.config import Settings
-from frontend.deps import EngineDep, SettingsDep, read_upload, require_api_key
-from frontend.errors import ERROR_FIELD_TAG, ApiError, BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable, error_body
-from frontend.triton import GenerationEvent, TritonEngine
+from frontend.deps import SettingsDep, read_upload, require_api_key
+from frontend.emotion_llama.engine import EmotionLlamaEngine, EngineDep, GenerationEvent
+from frontend.emotion_llama.schemas import PredictRequest, PredictResponse, Sampling, VideoAnswer, VideoQuestion
+from frontend.errors import ERROR_FIELD_TAG, ApiError, BadRequest, NotFound, PayloadTooLarge, error_body
 
-router = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG], dependencies=[Depends(require_api_key)])
-
-
-class Sampling(BaseModel):
-    """Optional generation parameters (an addition to the documented bodies; defaults are upstream's demo)."""
-
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, ge=1.0, le=2.0)
-    max_new_tokens: int | None = Field(None, ge=1, le=1024)
-    seed: int | None = Field(None, ge=0, lt=2**63)
-
-    def as_inputs(self) -> dict[str, float | int | None]:
-        return {TEMPERATURE: self.temperature, TOP_P: self.top_p, REPETITION_PENALTY: self.repetition_penalty,
-                MAX_NEW_TOKENS: self.max_new_tokens, SEED: self.seed}
+# every Emotion-LLaMA route needs the API key: ``public`` is empty, kept for the same shape as the other slices
+public = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG])
+protected = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG], dependencies=[Depends(require_api_key)])
 
 
-class PredictRequest(Sampling):
-    data: list[str] = Field(description="[video_path, prompt_text]", min_length=2, max_length=2)
-
-
-class PredictResponse(BaseModel):
-    data: list[str]
-    duration: float
-    metadata: dict = Field(default_factory=dict, description="addition: emotion, confidence, weights, timings")
-
-
-class VideoQuestion(Sampling):
-    video_path: str
-    question: str
-
-
-class VideoAnswer(BaseModel):
-    response: str
-    emotion: str | None = Field(None, description=f"for [emotion] prompts: one of {', '.join(EMOTION_LABELS)}")
-    confidence: float | None = Field(None, description="the label's probability from the model's token probabilities")
-    label_probs: dict[str, float] | None = None
-    duration: float
-    metadata: dict = Field(default_factory=dict)
 
 
 def resolve_media_path(raw: str, roots: list[Path]) -> Path:
@@ -78,7 +44,8 @@ def resolve_media_path(raw: str, roots: list[Path]) -> Path:
     real = Path(os.path.realpath(candidate))  # resolves "..", and symlinks, before the root check
     allowed = [Path(os.path.realpath(root)) for root in roots]
     if not any(real == root or root in real.parents for root in allowed):
-        raise BadRequest("video_path is outside the configured media roots", details=f"{raw} resolves outside {', '.join(map(str, allowed))}")
+        raise BadRequest("video_path is outside the configured media roots",
+                         details=f"{raw} resolves outside {', '.join(map(str, allowed))}")
     if not real.exists():
         raise NotFound("Video file not found", details=f"{raw} does not exist")
     if not real.is_file():
@@ -96,10 +63,10 @@ async def checked_video(video: bytes, where: str) -> bytes:
 
 
 async def read_media(raw: str, settings: Settings) -> bytes:
-    path = resolve_media_path(raw, settings.media_roots)
+    path = resolve_media_path(raw, settings.emotion_llama.media_roots)
     size = path.stat().st_size
-    if size > settings.max_video_bytes:
-        raise PayloadTooLarge(f"video is {size} bytes; the limit is {settings.max_video_bytes}", details=raw)
+    if size > settings.emotion_llama.max_video_bytes:
+        raise PayloadTooLarge(f"video is {size} bytes; the limit is {settings.emotion_llama.max_video_bytes}", details=raw)
     if size == 0:
         raise BadRequest("the video file is empty", details=raw)
     return await checked_video(await anyio.to_thread.run_sync(path.read_bytes), raw)
@@ -107,24 +74,15 @@ async def read_media(raw: str, settings: Settings) -> bytes:
 
 def checked_question(question: str, settings: Settings) -> str:
     try:
-        validate_question(question, settings.max_prompt_chars)
+        validate_question(question, settings.emotion_llama.max_prompt_chars)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return question
 
 
-async def answer(engine: TritonEngine, video: bytes, question: str, sampling: Sampling, settings: Settings) -> GenerationEvent:
+async def answer(engine: EmotionLlamaEngine, video: bytes, question: str, sampling: Sampling, settings: Settings) -> GenerationEvent:
     """The final event of the pipeline's stream (the unary endpoints wait for the whole answer)."""
-    async def run() -> GenerationEvent:
-        async for event in engine.stream_emotion_llama(video, question, sampling.as_inputs(), settings.generation_timeout_s):
-            if event.final:
-                return event
-        raise ServiceUnavailable("Emotion-LLaMA returned no answer")
-
-    try:
-        return await asyncio.wait_for(run(), timeout=settings.generation_timeout_s)
-    except asyncio.TimeoutError:
-        raise ServiceUnavailable(f"Emotion-LLaMA did not answer within {settings.generation_timeout_s:.0f}s") from None
+    return await engine.generate(video, question, sampling.as_inputs(), settings.emotion_llama.generation_timeout_s)
 
 
 def video_answer(event: GenerationEvent, duration: float) -> VideoAnswer:
@@ -139,7 +97,7 @@ def video_answer(event: GenerationEvent, duration: float) -> VideoAnswer:
     )
 
 
-@router.post("/api/predict/", response_model=PredictResponse, summary="Gradio-style prediction")
+@protected.post("/api/predict/", response_model=PredictResponse, summary="Gradio-style prediction")
 async def predict(body: PredictRequest, engine: EngineDep, settings: SettingsDep) -> PredictResponse:
     started = time.perf_counter()
     video_path, prompt = body.data
@@ -151,7 +109,7 @@ async def predict(body: PredictRequest, engine: EngineDep, settings: SettingsDep
     return PredictResponse(data=[result.response], duration=round(result.duration, 4), metadata=metadata)
 
 
-@router.post("/process_video", response_model=VideoAnswer, summary="FastAPI-style video question")
+@protected.post("/process_video", response_model=VideoAnswer, summary="FastAPI-style video question")
 async def process_video(body: VideoQuestion, engine: EngineDep, settings: SettingsDep) -> VideoAnswer:
     started = time.perf_counter()
     question = checked_question(body.question, settings)
@@ -159,28 +117,29 @@ async def process_video(body: VideoQuestion, engine: EngineDep, settings: Settin
     return video_answer(await answer(engine, video, question, body, settings), time.perf_counter() - started)
 
 
-@router.post("/api/v1/emotion-llama/analyze", response_model=VideoAnswer, summary="Upload a video and ask about it")
+@protected.post("/api/v1/emotion-llama/analyze", response_model=VideoAnswer, summary="Upload a video and ask about it")
 async def analyze_upload(
     engine: EngineDep,
     settings: SettingsDep,
     video_file: Annotated[UploadFile, File(description="MP4, AVI, MOV, MKV or WebM")],
     question: Annotated[str, Form(description="the prompt, e.g. '[emotion] What is the emotion expressed in this video?'")],
     temperature: Annotated[float | None, Form(ge=0.0, le=2.0)] = None,
-    max_new_tokens: Annotated[int | None, Form(ge=1, le=1024)] = None,
+    max_new_tokens: Annotated[int | None, Form(ge=1, le=EMOTION_LLAMA.max_new_tokens_limit)] = None,
     seed: Annotated[int | None, Form(ge=0)] = None,
 ) -> VideoAnswer:
     started = time.perf_counter()
     question = checked_question(question, settings)
-    video = await checked_video(await read_upload(video_file, settings.max_video_bytes, "video_file"), video_file.filename or "video_file")
+    upload = await read_upload(video_file, settings.emotion_llama.max_video_bytes, "video_file")
+    video = await checked_video(upload, video_file.filename or "video_file")
     sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     return video_answer(await answer(engine, video, question, sampling, settings), time.perf_counter() - started)
 
 
 def _sse(event: str, payload: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode("utf-8")
+    return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
-@router.post("/process_video/stream", summary="The /process_video job as server-sent events",
+@protected.post("/process_video/stream", summary="The /process_video job as server-sent events",
              response_description="text/event-stream: `token` events {delta}, then `done` (the /process_video body) or `error`")
 async def process_video_stream(body: VideoQuestion, request: Request, engine: EngineDep, settings: SettingsDep) -> StreamingResponse:
     started = time.perf_counter()
@@ -189,7 +148,7 @@ async def process_video_stream(body: VideoQuestion, request: Request, engine: En
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for event in engine.stream_emotion_llama(video, question, body.as_inputs(), settings.generation_timeout_s):
+            async for event in engine.stream(video, question, body.as_inputs(), settings.emotion_llama.generation_timeout_s):
                 if await request.is_disconnected():
                     return  # leaving the generator cancels the Triton request
                 if event.final:

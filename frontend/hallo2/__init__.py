@@ -1,1 +1,1 @@
-"""Hallo2 task API (``emo-hallo-api.zh.md``): router, task store, worker and the service wiring."""
+"""Hallo2 task API (``emo-hallo-api.zh.md``): router, schemas, engine (Triton calls), task store, worker and service."""

@@ -8,8 +8,9 @@ Errors: ``{"detail", "error_code"}`` (``DELETE`` adds the documented ``"status":
 in :class:`Codes`. Statuses: the documented ``queued``/``processing``/``completed``/``failed`` plus
 ``cancelled`` (a task cancelled by ``DELETE``, queued or running).
 
-Everything here reads ``request.app.state.hallo2`` (a :class:`frontend.hallo2.service.Hallo2Service`), set
-up by :func:`frontend.hallo2.service.install_hallo2`.
+Everything here reads ``request.app.state.hallo2`` (a :class:`frontend.hallo2.service.Hallo2Service`), which
+the app's lifespan starts (``frontend/main.py``). A declared body over the upload limit is refused with
+:func:`upload_too_large` by the app's size middleware, before the route reads it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
 
 from emoserve.audio import AudioDecodeError, decode_audio
 from emoserve.constants import SAMPLE_RATE
@@ -34,6 +35,19 @@ from frontend.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+)
+from frontend.hallo2.schemas import (
+    ConfigUpdated,
+    DetailedHealth,
+    Hallo2Config,
+    Hallo2ConfigUpdate,
+    SimpleHealth,
+    TaskCancelled,
+    TaskCreated,
+    TaskList,
+    TaskLogs,
+    TaskStatus,
+    task_status,
 )
 from frontend.hallo2.tasks import (
     CANCELLED,
@@ -50,7 +64,6 @@ if TYPE_CHECKING:
     from frontend.hallo2.service import Hallo2Service
 
 
-
 class Codes:
     INVALID_IMAGE = "INVALID_IMAGE"
     INVALID_AUDIO = "INVALID_AUDIO"
@@ -65,8 +78,18 @@ class Codes:
     SUBMIT_FAILED = "SUBMIT_FAILED"
 
 
+API_PREFIX = "/api/v1"
+_UPLOAD_ROUTE = "/inference/hallo2"
+UPLOAD_PATH = API_PREFIX + _UPLOAD_ROUTE
+
 public = APIRouter(tags=["Hallo2", ERROR_CODE_TAG])
-router = APIRouter(prefix="/api/v1", tags=["Hallo2", ERROR_CODE_TAG], dependencies=[Depends(require_api_key)])
+protected = APIRouter(prefix=API_PREFIX, tags=["Hallo2", ERROR_CODE_TAG], dependencies=[Depends(require_api_key)])
+
+
+def upload_too_large(declared: str, limit_bytes: int) -> JSONResponse:
+    """The 413 of ``POST {UPLOAD_PATH}`` whose declared body (``Content-Length``) is over the limit."""
+    return JSONResponse({"detail": f"the uploaded files ({declared} bytes) exceed the {limit_bytes} byte limit",
+                         "error_code": Codes.FILE_TOO_LARGE}, status_code=413)
 
 
 def get_service(request: Request) -> Hallo2Service:
@@ -77,96 +100,6 @@ def get_service(request: Request) -> Hallo2Service:
 
 
 ServiceDep = Annotated[Any, Depends(get_service)]  # a Hallo2Service
-
-
-# -- schemas ------------------------------------------------------------------------------------------
-
-class TaskCreated(BaseModel):
-    task_id: str
-    status: str = QUEUED
-    message: str = "Inference task queued successfully"
-
-
-class TaskStatus(BaseModel):
-    task_id: str
-    status: str = Field(description="queued | processing | completed | failed | cancelled")
-    progress: int = Field(ge=0, le=100)
-    status_message: str | None
-    result: dict | None = Field(description="when completed: video_url, video_path, frames, fps, duration, width, height, size_bytes, processing_time")
-    error: str | None
-    created_at: str
-    updated_at: str
-
-
-class TaskList(BaseModel):
-    tasks: dict[str, TaskStatus]
-    count: int
-
-
-class TaskLogs(BaseModel):
-    task_id: str
-    logs: str
-
-
-class TaskCancelled(BaseModel):
-    status: str = CANCELLED
-    task_id: str
-    message: str = "Task cancelled successfully"
-
-
-class Hallo2ConfigUpdate(BaseModel):
-    """Applies to tasks created afterwards; stored in the database (shared by replicas, kept across restarts)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    guidance_scale: float | None = Field(None, ge=1.0, le=20.0, description="classifier-free guidance (upstream 3.5)")
-    inference_steps: int | None = Field(None, ge=1, le=100, description="denoising steps per clip (upstream 40)")
-    enable_cache: bool | None = Field(None, description="false: no task uses cached preprocessing, whatever its use_cache")
-
-
-class Hallo2Config(BaseModel):
-    guidance_scale: float
-    inference_steps: int
-    enable_cache: bool
-
-
-class ConfigUpdated(BaseModel):
-    status: str = "success"
-    message: str = "Configuration updated successfully"
-    config: Hallo2Config
-
-
-class GpuDevice(BaseModel):
-    index: int
-    name: str | None = None
-    memory_allocated: str | None = None
-    memory_total: str | None = None
-
-
-class GpuInfo(BaseModel):
-    available: bool = False
-    count: int = 0
-    devices: list[GpuDevice] = Field(default_factory=list)
-
-
-class SimpleHealth(BaseModel):
-    status: str
-    gpu_available: bool
-    gpu_count: int
-    gpu_name: str | None
-
-
-class DetailedHealth(BaseModel):
-    status: str = Field(description="healthy | degraded (the hallo2 model is not loaded) | unhealthy (database unreachable)")
-    timestamp: str
-    uptime: float
-    models_loaded: list[str]
-    gpu: GpuInfo
-    tasks: dict[str, int] | None = Field(description="queued, running (processing), completed, failed, cancelled")
-
-
-def task_status(task: Task) -> TaskStatus:
-    return TaskStatus(**task.public())
 
 
 # -- validation by content ----------------------------------------------------------------------------
@@ -262,14 +195,14 @@ async def detailed_health(service: ServiceDep) -> DetailedHealth:
 
 # -- inference ----------------------------------------------------------------------------------------
 
-@router.post("/inference/hallo2", response_model=TaskCreated, summary="Create an inference task")
+@protected.post(_UPLOAD_ROUTE, response_model=TaskCreated, summary="Create an inference task")
 async def create_task(
     service: ServiceDep,
     image_file: Annotated[UploadFile, File(description="source portrait (JPG/PNG)")],
     audio_file: Annotated[UploadFile, File(description="driving audio (WAV/MP3/OGG/M4A)")],
     use_cache: Annotated[bool, Form(description="use cached preprocessing (face embedding, audio features)")] = True,
 ) -> TaskCreated:
-    limit = service.settings.max_hallo2_upload_bytes
+    limit = service.settings.max_upload_bytes
     too_large = PayloadTooLarge(f"the uploaded files are larger than the {limit} byte limit", error_code=Codes.FILE_TOO_LARGE)
     # one budget for both files; emptiness is judged by content below, with the file's own error code
     image = await read_upload(image_file, limit, "image_file", allow_empty=True, too_large=too_large)
@@ -288,14 +221,17 @@ async def create_task(
     return TaskCreated(task_id=task.task_id)
 
 
-@router.get("/inference/hallo2/config", response_model=Hallo2Config, summary="Current inference parameters (addition)")
+@protected.get("/inference/hallo2/config", response_model=Hallo2Config, summary="Current inference parameters (addition)")
 async def get_config(service: ServiceDep) -> Hallo2Config:
     config = await service.store.get_config()
     return Hallo2Config(**config.__dict__)
 
 
-@router.post("/inference/hallo2/config", response_model=ConfigUpdated, summary="Set inference parameters for new tasks")
-async def set_config(service: ServiceDep, body: Annotated[dict[str, Any], Body(description="guidance_scale, inference_steps, enable_cache (each optional)")]) -> ConfigUpdated:
+@protected.post("/inference/hallo2/config", response_model=ConfigUpdated, summary="Set inference parameters for new tasks")
+async def set_config(
+    service: ServiceDep,
+    body: Annotated[dict[str, Any], Body(description="guidance_scale, inference_steps, enable_cache (each optional)")],
+) -> ConfigUpdated:
     try:
         update = Hallo2ConfigUpdate.model_validate(body)
     except ValidationError as exc:
@@ -311,7 +247,7 @@ async def set_config(service: ServiceDep, body: Annotated[dict[str, Any], Body(d
 
 # -- tasks --------------------------------------------------------------------------------------------
 
-@router.get("/tasks", response_model=TaskList, summary="All tasks")
+@protected.get("/tasks", response_model=TaskList, summary="All tasks")
 async def list_tasks(
     service: ServiceDep,
     status: Annotated[str | None, Query(description="only tasks with this status (addition)")] = None,
@@ -322,12 +258,12 @@ async def list_tasks(
     return TaskList(tasks={task.task_id: task_status(task) for task in tasks}, count=len(tasks))
 
 
-@router.get("/tasks/{task_id}", response_model=TaskStatus, summary="Task status")
+@protected.get("/tasks/{task_id}", response_model=TaskStatus, summary="Task status")
 async def get_task(task_id: str, service: ServiceDep) -> TaskStatus:
     return task_status(await existing_task(service, task_id))
 
 
-@router.get("/tasks/{task_id}/video", summary="Download the generated video",
+@protected.get("/tasks/{task_id}/video", summary="Download the generated video",
             response_class=FileResponse, responses={200: {"content": {"video/mp4": {}}}})
 async def get_video(task_id: str, service: ServiceDep) -> FileResponse:
     task = await existing_task(service, task_id)
@@ -339,13 +275,13 @@ async def get_video(task_id: str, service: ServiceDep) -> FileResponse:
     return FileResponse(path, media_type="video/mp4", filename=f"{task.task_id}.mp4")
 
 
-@router.post("/tasks/{task_id}/logs", response_model=TaskLogs, summary="Task logs")
+@protected.post("/tasks/{task_id}/logs", response_model=TaskLogs, summary="Task logs")
 async def get_logs(task_id: str, service: ServiceDep) -> TaskLogs:
     task = await existing_task(service, task_id)
     return TaskLogs(task_id=task.task_id, logs=task.logs or "")
 
 
-@router.delete("/tasks/{task_id}", response_model=TaskCancelled, summary="Cancel a queued or running task",
+@protected.delete("/tasks/{task_id}", response_model=TaskCancelled, summary="Cancel a queued or running task",
                tags=[ERROR_STATUS_TAG])
 async def cancel_task(task_id: str, service: ServiceDep) -> TaskCancelled:
     cancelled, task = await service.store.cancel(known_task_id(task_id))

@@ -55,6 +55,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
+from emoserve.hallo2.defaults import HALLO2
+
 log = logging.getLogger(__name__)
 
 QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = "queued", "processing", "completed", "failed", "cancelled"
@@ -123,9 +125,9 @@ class ConfigRow(Base):
 class InferenceConfig:
     """Parameters applied to tasks created after they are set (each task keeps the values it was created with)."""
 
-    guidance_scale: float = 3.5
-    inference_steps: int = 40
-    enable_cache: bool = True
+    guidance_scale: float = HALLO2.guidance_scale
+    inference_steps: int = HALLO2.inference_steps
+    enable_cache: bool = HALLO2.enable_cache
 
 
 @dataclass
@@ -232,7 +234,8 @@ class TaskNotFound(LookupError):
 class TaskStore:
     """Tasks, their logs and files. Every public method is async (the database work runs in a thread)."""
 
-    def __init__(self, database_url: str, data_dir: str | Path, max_attempts: int = 3, defaults: InferenceConfig | None = None):
+    def __init__(self, database_url: str, data_dir: str | Path, max_attempts: int = HALLO2.max_attempts,
+                 defaults: InferenceConfig | None = None):
         self.database_url = database_url
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -403,7 +406,8 @@ class TaskStore:
 
     async def requeue(self, task_id: str, worker_id: str, reason: str, count_attempt: bool = False) -> bool:
         """Give a task this worker holds back to the queue (graceful shutdown: the attempt does not count)."""
-        values: dict[str, Any] = {"status": QUEUED, "progress": 0, "status_message": "Task re-queued", "claimed_by": None, "heartbeat_at": None}
+        values: dict[str, Any] = {"status": QUEUED, "progress": 0, "status_message": "Task re-queued", "claimed_by": None,
+                                  "heartbeat_at": None}
         if not count_attempt:
             values["attempts"] = TaskRow.attempts - 1
         return await self._run(self._update, task_id, self._owned(worker_id), values, f"Task re-queued: {reason}", "WARNING")

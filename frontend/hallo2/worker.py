@@ -1,13 +1,15 @@
 """The Hallo2 task worker: asyncio tasks in the front end's event loop that take queued tasks from the
 database (up to ``max_concurrent_tasks`` at once) and hand each to an injected runner.
 
-The runner is the only piece that talks to the model (the lead passes one that streams the Triton
-``hallo2`` pipeline); here it is an async callable::
+The runner is the only piece that talks to the model (the app passes
+:meth:`frontend.hallo2.engine.TritonHallo2Engine.run`, which streams the Triton ``hallo2`` pipeline); here it
+is an async callable::
 
-    async def runner(inputs: TaskInputs, progress: ProgressCallback, cancel: asyncio.Event) -> bytes:  # MP4
+    async def runner(inputs: TaskInputs, progress: ProgressCallback, cancel: asyncio.Event) -> Hallo2Video:
         await progress(10, "Preprocessing image...")
         ...
         if cancel.is_set(): raise asyncio.CancelledError  # or just return / raise anything: the task is cancelled already
+        return Hallo2Video(mp4_bytes, result_metadata)  # the pipeline's RESULT_METADATA: frames, fps, width, height ...
 
 Cancellation (``DELETE /api/v1/tasks/{id}`` on a running task): the store marks the row ``cancelled`` first,
 then the worker that runs it sets the task's ``cancel`` event — directly when the DELETE reached the same
@@ -26,18 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
+from emoserve.hallo2.defaults import HALLO2
 from frontend.hallo2.tasks import Task, TaskStore
 
 log = logging.getLogger(__name__)
@@ -57,25 +59,28 @@ class TaskInputs:
     audio_path: str = ""
 
 
+@dataclass
+class Hallo2Video:
+    """What a runner returns: the MP4, and the pipeline's ``RESULT_METADATA`` (frames, fps, width, height ...)."""
+
+    video: bytes
+    metadata: dict = field(default_factory=dict)
+
+
 # progress(percent 0-100, message): the message becomes the task's status_message and a log line
 ProgressCallback = Callable[[int, str], Awaitable[None]]
-Hallo2Runner = Callable[[TaskInputs, ProgressCallback, asyncio.Event], Awaitable[bytes]]
+Hallo2Runner = Callable[[TaskInputs, ProgressCallback, asyncio.Event], Awaitable[Hallo2Video]]
 
 
-def describe_video(video: bytes) -> dict:
-    """frames / duration / fps / size of an MP4 (for the task's ``result``); {} if it cannot be read."""
-    import av
-
+def describe_video(metadata: dict) -> dict:
+    """frames / fps / duration / size of the video (for the task's ``result``) from the pipeline's metadata;
+    {} if it lacks them. ``duration`` is the video track's, ``frames / fps``."""
     try:
-        with av.open(io.BytesIO(video), mode="r") as container:
-            stream = container.streams.video[0]
-            frames = stream.frames or sum(1 for _ in container.demux(stream) if _.size)
-            fps = float(stream.average_rate) if stream.average_rate else None
-            duration = float(container.duration / av.time_base) if container.duration else (frames / fps if fps else None)
-            return {"frames": int(frames), "fps": fps, "duration": round(duration, 3) if duration is not None else None,
-                    "width": stream.codec_context.width, "height": stream.codec_context.height}
-    except Exception as exc:  # the runner's bytes are served as they are; the description is a courtesy
-        log.warning("cannot describe the hallo2 output video: %s", exc)
+        frames, fps = int(metadata["frames"]), float(metadata["fps"])
+        return {"frames": frames, "fps": fps, "duration": round(frames / fps, 3),
+                "width": int(metadata["width"]), "height": int(metadata["height"])}
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # the video is served as it is; the description is a courtesy
+        log.warning("the hallo2 result metadata does not describe the video (%r): %s", exc, metadata)
         return {}
 
 
@@ -92,12 +97,12 @@ class TaskWorker:
         self,
         store: TaskStore,
         runner: Hallo2Runner,
-        max_concurrent_tasks: int = 1,
+        max_concurrent_tasks: int = HALLO2.max_concurrent_tasks,
         *,
-        poll_interval_s: float = 1.0,
-        heartbeat_interval_s: float = 10.0,
-        stale_after_s: float = 60.0,
-        cancel_grace_s: float = 10.0,
+        poll_interval_s: float = HALLO2.poll_interval_s,
+        heartbeat_interval_s: float = HALLO2.heartbeat_interval_s,
+        stale_after_s: float = HALLO2.stale_after_s,
+        cancel_grace_s: float = HALLO2.cancel_grace_s,
         worker_id: str | None = None,
     ):
         if max_concurrent_tasks < 1:
@@ -254,7 +259,7 @@ class TaskWorker:
             await self._interrupted(entry)
             return
         try:
-            video = runner_job.result()
+            output = runner_job.result()
         except asyncio.CancelledError:
             await store.fail(task.task_id, self.worker_id, "the inference was cancelled by the server")
             return
@@ -263,12 +268,12 @@ class TaskWorker:
             log.warning("hallo2 task %s failed: %s", task.task_id, detail)
             await store.fail(task.task_id, self.worker_id, f"inference failed: {detail}")
             return
-        if not isinstance(video, (bytes, bytearray)) or not video:
+        if not isinstance(output, Hallo2Video) or not isinstance(output.video, (bytes, bytearray)) or not output.video:
             await store.fail(task.task_id, self.worker_id, "inference failed: the model produced no video")
             return
-        result = await anyio.to_thread.run_sync(describe_video, bytes(video))
+        result = describe_video(output.metadata)
         result["processing_time"] = round(elapsed, 3)
-        if not await store.complete(task.task_id, self.worker_id, bytes(video), result):
+        if not await store.complete(task.task_id, self.worker_id, bytes(output.video), result):
             log.info("hallo2 task %s finished after it was cancelled; its video is discarded", task.task_id)
 
     async def _interrupted(self, entry: _Running, shutting_down: bool = False) -> None:

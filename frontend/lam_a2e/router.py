@@ -7,13 +7,13 @@ from typing import Annotated
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from emoserve.audio import AudioDecodeError, decode_audio
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
-from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_MODELS
-from frontend.deps import EngineDep, SessionsDep, SettingsDep, read_upload, require_api_key
+from frontend.deps import SettingsDep, read_upload, require_api_key
 from frontend.errors import BadRequest, NotFound
+from frontend.lam_a2e.engine import EngineDep
 from frontend.lam_a2e.schemas import (
     Frame,
     Health,
@@ -26,12 +26,20 @@ from frontend.lam_a2e.schemas import (
     StreamInitResponse,
     StreamMetadata,
 )
+from frontend.lam_a2e.sessions import SessionRegistry
 
 SERVICE_NAME = "LAM-A2E API"
 SERVICE_VERSION = "1.0.0"
 
-router = APIRouter(tags=["LAM-A2E"])
+public = APIRouter(tags=["LAM-A2E"])
 protected = APIRouter(prefix="/api", tags=["LAM-A2E"], dependencies=[Depends(require_api_key)])
+
+
+def get_sessions(request: Request) -> SessionRegistry:
+    return request.app.state.sessions
+
+
+SessionsDep = Annotated[SessionRegistry, Depends(get_sessions)]
 
 IdIdx = Annotated[int, Form(ge=0, le=NUM_IDENTITIES - 1, description="identity / style index")]
 
@@ -51,7 +59,7 @@ async def decode_upload(data: bytes, vocals_only: bool, max_seconds: float, what
     return audio
 
 
-@router.get("/", response_model=ServiceInfo)
+@public.get("/", response_model=ServiceInfo)
 async def service_info() -> ServiceInfo:
     return ServiceInfo(
         service=SERVICE_NAME,
@@ -66,9 +74,9 @@ async def service_info() -> ServiceInfo:
     )
 
 
-@router.get("/api/health", response_model=Health)
+@public.get("/api/health", response_model=Health)
 async def health(engine: EngineDep, sessions: SessionsDep) -> Health:
-    ready = await engine.models_ready(A2E_MODELS)
+    ready = await engine.ready()
     return Health(
         status="healthy" if ready else "not_ready",
         model_loaded=ready,
@@ -87,15 +95,16 @@ async def infer(
     movement_smooth: Annotated[bool, Form(description="damp mouth movement during silence")] = False,
     brow_movement: Annotated[bool, Form(description="add brow movement on loud passages")] = False,
 ) -> InferResponse:
-    data = await read_upload(audio_file, settings.max_upload_bytes, "audio_file")
-    audio = await decode_upload(data, ex_vol, settings.max_audio_seconds, "audio_file")
+    data = await read_upload(audio_file, settings.lam_a2e.max_upload_bytes, "audio_file")
+    audio = await decode_upload(data, ex_vol, settings.lam_a2e.max_audio_seconds, "audio_file")
     started = time.perf_counter()
     frames = await engine.infer_whole_audio(audio, id_idx, movement_smooth, brow_movement)
     elapsed = time.perf_counter() - started
-    weights = (await engine.model_facts(A2E_NETWORK_MODEL))["weights"]
+    weights = await engine.weights()
     return InferResponse(
         names=list(ARKIT_BLENDSHAPE_NAMES),
-        metadata=InferMetadata(fps=float(FPS), frame_count=len(frames), blendshape_count=NUM_BLENDSHAPES, inference_time=elapsed, weights=weights),
+        metadata=InferMetadata(fps=float(FPS), frame_count=len(frames), blendshape_count=NUM_BLENDSHAPES, inference_time=elapsed,
+                               weights=weights),
         frames=frames_payload(frames),
     )
 
@@ -116,8 +125,8 @@ async def stream_chunk(
     audio_chunk: Annotated[UploadFile, File(description="about 1 s of audio (0.5-2 s recommended)")],
 ) -> StreamChunkResponse:
     session = sessions.get(session_id)
-    data = await read_upload(audio_chunk, settings.max_chunk_bytes, "audio_chunk")
-    audio = await decode_upload(data, False, settings.max_chunk_seconds, "audio_chunk")
+    data = await read_upload(audio_chunk, settings.lam_a2e.max_chunk_bytes, "audio_chunk")
+    audio = await decode_upload(data, False, settings.lam_a2e.max_chunk_seconds, "audio_chunk")
     async with session.lock:
         session = sessions.get(session_id)  # it may have been closed while this chunk waited
         started = time.perf_counter()
@@ -138,7 +147,7 @@ async def stream_chunk(
         session.started = True
         session.chunks = output.chunk_index
         session.last_used = time.monotonic()
-    weights = (await engine.model_facts(A2E_NETWORK_MODEL))["weights"]
+    weights = await engine.weights()
     return StreamChunkResponse(
         names=list(ARKIT_BLENDSHAPE_NAMES),
         metadata=StreamMetadata(

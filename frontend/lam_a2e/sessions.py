@@ -12,8 +12,8 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from frontend.errors import NotFound, ServiceUnavailable
 

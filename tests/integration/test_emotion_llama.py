@@ -151,7 +151,7 @@ def test_four_concurrent_requests_are_correct_and_share_decoding(triton_server, 
     before = _llm_statistics(triton_server)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda args: stream_pipeline(triton_server.grpc_url, *args, max_new_tokens=24), zip(videos, questions)))
-    for (video, question), (_, text, token_ids, metadata) in zip(zip(videos, questions), results):
+    for (video, question), (_, text, token_ids, _metadata) in zip(zip(videos, questions), results):
         expected = reference(video, question, greedy(24))
         assert token_ids == expected.token_ids and text == expected.text
     inferences, executions = (a - b for a, b in zip(_llm_statistics(triton_server), before))
@@ -173,7 +173,8 @@ def test_gradio_predict_shape(api):
 
 
 def test_process_video_equals_triton_direct(api, triton_server):
-    response = api.post("/process_video", json={"video_path": str(SAMPLE_VIDEO), "question": REASON, "max_new_tokens": MAX_TOKENS, "temperature": 0})
+    body = {"video_path": str(SAMPLE_VIDEO), "question": REASON, "max_new_tokens": MAX_TOKENS, "temperature": 0}
+    response = api.post("/process_video", json=body)
     assert response.status_code == 200, response.text
     _, text, token_ids, _ = stream_pipeline(triton_server.grpc_url, SAMPLE_VIDEO.read_bytes(), REASON)
     assert response.json()["response"] == text
@@ -202,8 +203,11 @@ def test_sse_stream_concatenates_to_the_unary_answer(api):
 
 def test_upload_endpoint(api):
     with SAMPLE_VIDEO.open("rb") as handle:
-        response = api.post("/api/v1/emotion-llama/analyze", files={"video_file": ("clip.mp4", handle)},
-                            data={"question": EMOTION, "max_new_tokens": str(MAX_TOKENS), "temperature": "0"})
+        response = api.post(
+            "/api/v1/emotion-llama/analyze",
+            files={"video_file": ("clip.mp4", handle)},
+            data={"question": EMOTION, "max_new_tokens": str(MAX_TOKENS), "temperature": "0"},
+        )
     assert response.status_code == 200, response.text
     assert response.json()["emotion"] in EMOTION_LABELS and 0 <= response.json()["confidence"] <= 1
 
@@ -244,7 +248,9 @@ def media(media_root: Path):
 
 
 def test_bad_inputs_get_clear_4xx_and_the_model_keeps_serving(api, media, media_root, tmp_path):
-    process = lambda path, question=REASON: api.post("/process_video", json={"video_path": str(path), "question": question, "max_new_tokens": 4})  # noqa: E731
+    def process(path, question=REASON):
+        return api.post("/process_video", json={"video_path": str(path), "question": question, "max_new_tokens": 4})
+
     _error(process(media_root / "missing.mp4"), 404, "not found")
     _error(process("/etc/passwd"), 400, "outside the configured media roots")
     _error(process(f"{media_root}/../{media_root.name}/../../etc/passwd"), 400, "outside")
@@ -262,7 +268,9 @@ def test_bad_inputs_get_clear_4xx_and_the_model_keeps_serving(api, media, media_
     _error(process(SAMPLE_VIDEO, question="   "), 400, "empty")
     _error(process(SAMPLE_VIDEO, question="x" * 5000), 400, "characters")
     _error(api.post("/api/predict/", json={"data": [str(SAMPLE_VIDEO)]}), 400, "invalid request")
-    _error(api.post("/process_video", json={"video_path": str(SAMPLE_VIDEO), "question": REASON, "max_new_tokens": 0}), 400, "max_new_tokens")
+    _error(
+        api.post("/process_video", json={"video_path": str(SAMPLE_VIDEO), "question": REASON, "max_new_tokens": 0}), 400, "max_new_tokens"
+    )
     ok = process(SAMPLE_VIDEO)
     assert ok.status_code == 200 and ok.json()["response"]
 
@@ -274,7 +282,9 @@ def test_http_generate_stream_with_base64_video(triton_server, reference):
     video = SAMPLE_VIDEO.read_bytes()
     body = {"VIDEO_BASE64": base64.b64encode(video).decode(), "PROMPT": REASON, "MAX_NEW_TOKENS": MAX_TOKENS, "TEMPERATURE": 0.0}
     events = []
-    with httpx.stream("POST", f"http://{triton_server.http_url}/v2/models/{EMOTION_PIPELINE_MODEL}/generate_stream", json=body, timeout=120) as response:
+    with httpx.stream(
+        "POST", f"http://{triton_server.http_url}/v2/models/{EMOTION_PIPELINE_MODEL}/generate_stream", json=body, timeout=120
+    ) as response:
         assert response.status_code == 200
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
     deltas = [e[TEXT_DELTA] for e in events if TEXT_DELTA in e]
@@ -289,6 +299,8 @@ def test_pipeline_refuses_two_videos_or_bad_base64(triton_server):
         ({"VIDEO_BASE64": "%%% not base64 %%%", "PROMPT": REASON}, "not valid base64"),
         ({"PROMPT": REASON}, "exactly one of"),
     ):
-        with httpx.stream("POST", f"http://{triton_server.http_url}/v2/models/{EMOTION_PIPELINE_MODEL}/generate_stream", json=body, timeout=60) as response:
+        with httpx.stream(
+            "POST", f"http://{triton_server.http_url}/v2/models/{EMOTION_PIPELINE_MODEL}/generate_stream", json=body, timeout=60
+        ) as response:
             text = response.read().decode()
         assert words in text

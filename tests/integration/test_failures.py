@@ -15,7 +15,6 @@ from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_OFFLINE_MODEL, A2E_STR
 from stack.triton_server import TritonServer, TritonServerOptions
 from tests.conftest import FrontendProcess, free_port, speech_like
 
-
 TRITON_IDLE_TIMEOUT_S = 1.0
 
 
@@ -24,9 +23,15 @@ def explicit_triton(tmp_path_factory):
     from export.build_repository import BuildSettings, build_repository
 
     # Triton's own sequence idle timeout is short here; the front end's stays at its 300 s default
-    repository = build_repository(tmp_path_factory.mktemp("short_idle_repository"), BuildSettings(profile="tiny", slices=("lam_a2e",), stream_idle_timeout_s=TRITON_IDLE_TIMEOUT_S))
+    repository = build_repository(
+        tmp_path_factory.mktemp("short_idle_repository"),
+        BuildSettings(profile="tiny", slices=("lam_a2e",), stream_idle_timeout_s=TRITON_IDLE_TIMEOUT_S),
+    )
     options = TritonServerOptions(
-        repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
         extra_args=["--model-control-mode=explicit", "--load-model=*"],
     )
     with TritonServer(options) as server:
@@ -53,8 +58,10 @@ def test_network_failure_inside_the_pipeline_is_500_and_recovers(explicit_triton
         assert "failed" in response.json()["detail"] and A2E_NETWORK_MODEL in response.json()["detail"]
         session = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={}).json()["session_id"]
         chunk = httpx.post(
-            f"{fault_frontend.base_url}/api/infer_stream_chunk", data={"session_id": session},
-            files={"audio_chunk": ("c.wav", encode_wav(speech_like(1.0)))}, timeout=60,
+            f"{fault_frontend.base_url}/api/infer_stream_chunk",
+            data={"session_id": session},
+            files={"audio_chunk": ("c.wav", encode_wav(speech_like(1.0)))},
+            timeout=60,
         )
         assert chunk.status_code == 500
         assert httpx.get(f"{fault_frontend.base_url}/api/health").json()["status"] == "not_ready"
@@ -88,8 +95,10 @@ def test_sequence_expired_inside_triton_is_404_and_frees_the_rest_session(fault_
 
     def chunk() -> httpx.Response:
         return httpx.post(
-            f"{base}/api/infer_stream_chunk", data={"session_id": session},
-            files={"audio_chunk": ("c.wav", encode_wav(speech_like(1.0)))}, timeout=60,
+            f"{base}/api/infer_stream_chunk",
+            data={"session_id": session},
+            files={"audio_chunk": ("c.wav", encode_wav(speech_like(1.0)))},
+            timeout=60,
         )
 
     assert chunk().status_code == 200

@@ -192,8 +192,8 @@ def test_emotion_llama_triton_outputs(triton_server, golden):
 
 
 def test_hallo2_outputs(triton_server, tmp_path, golden):
-    from tests.integration.test_hallo2 import portrait_png
     from emoserve.audio import encode_wav
+    from tests.integration.test_hallo2 import portrait_png
 
     image, audio = portrait_png(), encode_wav(speech_like(1.0, seed=3), 16000)
     tensors = [
@@ -206,7 +206,7 @@ def test_hallo2_outputs(triton_server, tmp_path, golden):
     golden.check("triton/hallo2/video", bytes(responses[-1]["VIDEO_MP4"].reshape(-1)[0]))
     golden.check("triton/hallo2/metadata", _without_timings(responses[-1]["RESULT_METADATA"]))
 
-    env = {"EMOSERVE_HALLO2_DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}", "EMOSERVE_HALLO2_DATA_DIR": str(tmp_path / "tasks")}
+    env = {"EMOSERVE_HALLO2__DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}", "EMOSERVE_HALLO2__DATA_DIR": str(tmp_path / "tasks")}
     frontend = FrontendProcess(triton_server.grpc_url, env).start()
     try:
         _hallo2_rest(frontend, image, audio, golden)

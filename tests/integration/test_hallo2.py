@@ -115,11 +115,11 @@ def test_triton_pipeline_equals_in_process_pipeline(triton_server, tiny_reposito
 def hallo2_api(triton_server, tmp_path_factory):
     data = tmp_path_factory.mktemp("hallo2")
     env = {
-        "EMOSERVE_HALLO2_DATABASE_URL": f"sqlite:///{data / 'tasks.db'}",
-        "EMOSERVE_HALLO2_DATA_DIR": str(data / "tasks"),
-        "EMOSERVE_HALLO2_INFERENCE_STEPS": str(STEPS),
-        "EMOSERVE_MAX_CONCURRENT_TASKS": "1",
-        "EMOSERVE_HALLO2_POLL_INTERVAL_S": "0.2",
+        "EMOSERVE_HALLO2__DATABASE_URL": f"sqlite:///{data / 'tasks.db'}",
+        "EMOSERVE_HALLO2__DATA_DIR": str(data / "tasks"),
+        "EMOSERVE_HALLO2__INFERENCE_STEPS": str(STEPS),
+        "EMOSERVE_HALLO2__MAX_CONCURRENT_TASKS": "1",
+        "EMOSERVE_HALLO2__POLL_INTERVAL_S": "0.2",
     }
     frontend = FrontendProcess(triton_server.grpc_url, env).start()
     with httpx.Client(base_url=frontend.base_url, timeout=120) as client:
@@ -212,10 +212,10 @@ def test_bad_files_and_unknown_tasks(hallo2_api, inputs):
 
 def test_front_end_restart_mid_queue_loses_nothing(triton_server, tmp_path, inputs):
     env = {
-        "EMOSERVE_HALLO2_DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}",
-        "EMOSERVE_HALLO2_DATA_DIR": str(tmp_path / "tasks"),
-        "EMOSERVE_HALLO2_INFERENCE_STEPS": str(STEPS),
-        "EMOSERVE_MAX_CONCURRENT_TASKS": "1",
+        "EMOSERVE_HALLO2__DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}",
+        "EMOSERVE_HALLO2__DATA_DIR": str(tmp_path / "tasks"),
+        "EMOSERVE_HALLO2__INFERENCE_STEPS": str(STEPS),
+        "EMOSERVE_HALLO2__MAX_CONCURRENT_TASKS": "1",
     }
     first = FrontendProcess(triton_server.grpc_url, env).start()
     with httpx.Client(base_url=first.base_url, timeout=60) as client:
@@ -227,6 +227,6 @@ def test_front_end_restart_mid_queue_loses_nothing(triton_server, tmp_path, inpu
             for task_id in task_ids:
                 assert wait_for(client, task_id, {"completed", "failed"})["status"] == "completed"
                 assert client.get(f"/api/v1/tasks/{task_id}/video").status_code == 200
-        assert not list(Path(env["EMOSERVE_HALLO2_DATA_DIR"]).rglob("*.tmp*"))  # nothing half-written
+        assert not list(Path(env["EMOSERVE_HALLO2__DATA_DIR"]).rglob("*.tmp*"))  # nothing half-written
     finally:
         second.stop()

@@ -37,7 +37,9 @@ def open_session(api: httpx.Client, id_idx: int = 0) -> str:
 
 
 def send_chunk(api: httpx.Client, session_id: str, chunk: np.ndarray) -> httpx.Response:
-    return api.post("/api/infer_stream_chunk", data={"session_id": session_id}, files={"audio_chunk": ("chunk.wav", wav_bytes(chunk), "audio/wav")})
+    return api.post(
+        "/api/infer_stream_chunk", data={"session_id": session_id}, files={"audio_chunk": ("chunk.wav", wav_bytes(chunk), "audio/wav")}
+    )
 
 
 def stream(api: httpx.Client, audio: np.ndarray, id_idx: int = 0, chunk_seconds: float = 1.0) -> tuple[np.ndarray, list[dict]]:
@@ -79,11 +81,19 @@ def test_docs_are_served(api):
     assert api.get("/docs").status_code == 200
     assert api.get("/redoc").status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
-    assert {"/api/infer", "/api/infer_stream_init", "/api/infer_stream_chunk", "/api/infer_stream_close/{session_id}", "/api/health"} <= set(paths)
+    assert {
+        "/api/infer",
+        "/api/infer_stream_init",
+        "/api/infer_stream_chunk",
+        "/api/infer_stream_close/{session_id}",
+        "/api/health",
+    } <= set(paths)
 
 
 def test_infer_whole_file_response_shape(api, example_wav):
-    response = api.post("/api/infer", files={"audio_file": example_wav.open("rb")}, data={"id_idx": "3", "movement_smooth": "true", "brow_movement": "true"})
+    response = api.post(
+        "/api/infer", files={"audio_file": example_wav.open("rb")}, data={"id_idx": "3", "movement_smooth": "true", "brow_movement": "true"}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["names"] == list(ARKIT_BLENDSHAPE_NAMES)
@@ -107,8 +117,11 @@ def test_infer_equals_triton_direct(api, triton_server):
     try:
         inputs = []
         for name, array, datatype in (
-            (AUDIO, pcm, "FP32"), (ID_IDX, np.array([5], np.int32), "INT32"), (MOVEMENT_SMOOTH, np.array([True]), "BOOL"),
-            (BROW_MOVEMENT, np.array([False]), "BOOL"), (SEED, np.array([0], np.uint64), "UINT64"),
+            (AUDIO, pcm, "FP32"),
+            (ID_IDX, np.array([5], np.int32), "INT32"),
+            (MOVEMENT_SMOOTH, np.array([True]), "BOOL"),
+            (BROW_MOVEMENT, np.array([False]), "BOOL"),
+            (SEED, np.array([0], np.uint64), "UINT64"),
         ):
             tensor = grpcclient.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
@@ -307,7 +320,7 @@ def test_unknown_and_closed_sessions_are_404(api, no_leaks):
 
 def test_idle_sessions_expire_and_free_triton_state(triton_server):
     frontend = FrontendProcess(
-        triton_server.grpc_url, {"EMOSERVE_SESSION_IDLE_TIMEOUT_S": "1", "EMOSERVE_SESSION_SWEEP_INTERVAL_S": "0.2"}
+        triton_server.grpc_url, {"EMOSERVE_LAM_A2E__SESSION_IDLE_TIMEOUT_S": "1", "EMOSERVE_LAM_A2E__SESSION_SWEEP_INTERVAL_S": "0.2"}
     ).start()
     try:
         with httpx.Client(base_url=frontend.base_url, timeout=60) as client:

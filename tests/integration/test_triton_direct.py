@@ -10,11 +10,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from emoserve.audio import decode_audio
+from emoserve.constants import NUM_BLENDSHAPES, SAMPLE_RATE, num_output_frames
 from emoserve.lam_a2e.onnx_runner import A2EOnnxRunner
 from emoserve.lam_a2e.postprocess import PostprocessOptions, postprocess_offline
 from emoserve.lam_a2e.sessions import ChunkRequest, StreamSessionStore
-from emoserve.audio import decode_audio
-from emoserve.constants import NUM_BLENDSHAPES, SAMPLE_RATE, num_output_frames
 from emoserve.model_catalog import (
     A2E_NETWORK_MODEL,
     A2E_OFFLINE_MODEL,
@@ -77,8 +77,13 @@ def test_network_model_matches_onnxruntime(http, reference_network):
 def test_network_model_rejects_unknown_identity_and_keeps_serving(http):
     audio = speech_like(1.0)[None]
     with pytest.raises(InferenceServerException, match="id_idx must be in 0..11"):
-        http.infer(A2E_NETWORK_MODEL, [_http_input(NETWORK_AUDIO, audio, "FP32"), _http_input(NETWORK_IDENTITY, np.array([[12]], np.int64), "INT64")])
-    ok = http.infer(A2E_NETWORK_MODEL, [_http_input(NETWORK_AUDIO, audio, "FP32"), _http_input(NETWORK_IDENTITY, np.array([[1]], np.int64), "INT64")])
+        http.infer(
+            A2E_NETWORK_MODEL,
+            [_http_input(NETWORK_AUDIO, audio, "FP32"), _http_input(NETWORK_IDENTITY, np.array([[12]], np.int64), "INT64")],
+        )
+    ok = http.infer(
+        A2E_NETWORK_MODEL, [_http_input(NETWORK_AUDIO, audio, "FP32"), _http_input(NETWORK_IDENTITY, np.array([[1]], np.int64), "INT64")]
+    )
     assert ok.as_numpy(NETWORK_BLENDSHAPES).shape == (1, 30, NUM_BLENDSHAPES)
 
 
@@ -99,7 +104,9 @@ def test_offline_pcm_equals_in_process_reference(http, reference_network):
 
 def test_offline_encoded_bytes_equal_pcm(grpc, example_wav):
     data = example_wav.read_bytes()
-    from_bytes = grpc.infer(A2E_OFFLINE_MODEL, [_grpc_input(AUDIO_BYTES, np.array([data], dtype=np.object_), "BYTES")]).as_numpy(BLENDSHAPES)
+    from_bytes = grpc.infer(A2E_OFFLINE_MODEL, [_grpc_input(AUDIO_BYTES, np.array([data], dtype=np.object_), "BYTES")]).as_numpy(
+        BLENDSHAPES
+    )
     pcm = decode_audio(data)
     from_pcm = grpc.infer(A2E_OFFLINE_MODEL, [_grpc_input(AUDIO, pcm, "FP32")]).as_numpy(BLENDSHAPES)
     assert from_bytes.shape == (num_output_frames(pcm.size), NUM_BLENDSHAPES)
@@ -119,7 +126,10 @@ def test_offline_encoded_bytes_equal_pcm(grpc, example_wav):
 def test_offline_bad_requests_get_their_own_error(grpc, inputs, message):
     with pytest.raises(InferenceServerException, match=message):
         grpc.infer(A2E_OFFLINE_MODEL, inputs())
-    assert grpc.infer(A2E_OFFLINE_MODEL, [_grpc_input(AUDIO, speech_like(0.5), "FP32")]).as_numpy(BLENDSHAPES).shape == (15, NUM_BLENDSHAPES)
+    assert grpc.infer(A2E_OFFLINE_MODEL, [_grpc_input(AUDIO, speech_like(0.5), "FP32")]).as_numpy(BLENDSHAPES).shape == (
+        15,
+        NUM_BLENDSHAPES,
+    )
 
 
 def _stream_inputs(chunk: np.ndarray, id_idx: int = 0, seed: int | None = None):
@@ -146,8 +156,11 @@ def test_grpc_sequence_equals_in_process_stream(grpc, reference_network):
     served, first_frames, chunk_indices = [], [], []
     for index, chunk in enumerate(chunks):
         result = grpc.infer(
-            A2E_STREAM_MODEL, _stream_inputs(chunk, id_idx=4, seed=123), sequence_id=9001,
-            sequence_start=index == 0, sequence_end=index == len(chunks) - 1,
+            A2E_STREAM_MODEL,
+            _stream_inputs(chunk, id_idx=4, seed=123),
+            sequence_id=9001,
+            sequence_start=index == 0,
+            sequence_end=index == len(chunks) - 1,
         )
         served.append(result.as_numpy(BLENDSHAPES)[0])
         first_frames.append(int(result.as_numpy(FIRST_FRAME_INDEX).reshape(-1)[0]))
@@ -192,8 +205,11 @@ def test_concurrent_sequences_are_batched_into_one_network_call(triton_server, h
             for index in range(num_chunks):
                 chunk = audios[session][index * SAMPLE_RATE : (index + 1) * SAMPLE_RATE]
                 result = client.infer(
-                    A2E_STREAM_MODEL, _stream_inputs(chunk, id_idx=session % 12, seed=session), sequence_id=5000 + session,
-                    sequence_start=index == 0, sequence_end=index == num_chunks - 1,
+                    A2E_STREAM_MODEL,
+                    _stream_inputs(chunk, id_idx=session % 12, seed=session),
+                    sequence_id=5000 + session,
+                    sequence_start=index == 0,
+                    sequence_end=index == num_chunks - 1,
                 )
                 out.append(result.as_numpy(BLENDSHAPES)[0])
             return np.concatenate(out)

@@ -19,6 +19,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from emoserve.constants import SAMPLE_RATE
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.preprocess import preprocess_frame
 from emoserve.media import VideoDecodeError, decode_video
 from emoserve.model_catalog import (
@@ -44,7 +45,7 @@ from emoserve.model_catalog import (
     VIDEO,
     VIDEO_BASE64,
 )
-from emoserve.triton.backend import bytes_input, load_model_config, model_parameters, typed_parameter
+from emoserve.triton.backend import bytes_input, error_response, load_model_config, model_parameters, typed_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 SAMPLING_INPUTS = (TEMPERATURE, TOP_P, REPETITION_PENALTY, MAX_NEW_TOKENS, SEED)
@@ -73,9 +74,9 @@ class TritonPythonModel:
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("emotion_llama streams text: its config must set decoupled: true")
         parameters = model_parameters(config)
-        self.max_video_bytes = typed_parameter(parameters, "max_video_bytes", int, 512 * 1024 * 1024)
+        self.max_video_bytes = typed_parameter(parameters, "max_video_bytes", int, EMOTION_LLAMA.max_video_bytes)
         # HuBERT attends over the whole track, so only its first max_audio_seconds are encoded
-        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, 30.0)
+        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, EMOTION_LLAMA.max_audio_seconds)
         self.logger = pb_utils.Logger
 
     def _multimodal(self, video: bytes) -> tuple[np.ndarray, dict]:
@@ -170,10 +171,10 @@ class TritonPythonModel:
             try:
                 self._run(request, sender)
             except Cancelled:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)), flags=FINAL)
+                sender.send(error_response(pb_utils, "request cancelled", "CANCELLED"), flags=FINAL)
             except PipelineError as exc:
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), exc.code)), flags=FINAL)
             except Exception as exc:
                 self.logger.log_error(f"emotion_llama pipeline failed: {exc!r}")
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"pipeline failed: {exc}", pb_utils.TritonError.INTERNAL)), flags=FINAL)
+                sender.send(error_response(pb_utils, f"pipeline failed: {exc}", "INTERNAL"), flags=FINAL)
         return None

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.engine import EmotionLlamaEngine, EngineRequest, EngineRequestError
 from emoserve.emotion_llama.generation import SamplingParams
 from emoserve.model_catalog import (
@@ -30,7 +31,15 @@ from emoserve.model_catalog import (
     TOP_P,
     WEIGHTS_PARAMETER,
 )
-from emoserve.triton.backend import bytes_input, load_model_config, model_parameters, optional_input, scalar_input, typed_parameter
+from emoserve.triton.backend import (
+    bytes_input,
+    error_response,
+    load_model_config,
+    model_parameters,
+    optional_input,
+    scalar_input,
+    typed_parameter,
+)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -46,10 +55,11 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException("emotion_llama_llm streams tokens: its config must set decoupled: true")
         parameters = model_parameters(config)
         folder = Path(args["model_repository"]) / args["model_version"] / typed_parameter(parameters, "llm_folder", str, "llm")
-        self.max_new_tokens_limit = typed_parameter(parameters, "max_new_tokens_limit", int, 1024)
+        self.max_new_tokens_limit = typed_parameter(parameters, "max_new_tokens_limit", int, EMOTION_LLAMA.max_new_tokens_limit)
         # a KIND_GPU instance (the gpu target) runs on its own GPU; KIND_CPU on the CPU
         device = f"cuda:{args['model_instance_device_id']}" if args.get("model_instance_kind") == "GPU" else "cpu"
-        self.engine = EmotionLlamaEngine(folder, typed_parameter(parameters, "max_prompt_chars", int, 2000), device=device)
+        max_prompt_chars = typed_parameter(parameters, "max_prompt_chars", int, EMOTION_LLAMA.max_prompt_chars)
+        self.engine = EmotionLlamaEngine(folder, max_prompt_chars, device=device)
         self.weights = parameters.get(WEIGHTS_PARAMETER, "unknown")
         self.logger = pb_utils.Logger
         self.logger.log_info(f"emotion_llama_llm: {self.weights} (hidden {self.engine.hidden_size}, family {self.engine.family}, {device})")
@@ -91,7 +101,7 @@ class TritonPythonModel:
                 errors[index] = str(exc)
                 parsed.append(None)
         for index, message in errors.items():
-            senders[index].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)), flags=FINAL)
+            senders[index].send(error_response(pb_utils, message), flags=FINAL)
 
         runnable = [i for i in range(len(requests)) if i not in errors]
         if not runnable:
@@ -109,12 +119,12 @@ class TritonPythonModel:
         except Exception as exc:
             self.logger.log_error(f"emotion_llama_llm generation failed: {exc!r}")
             for i in runnable:
-                senders[i].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}", pb_utils.TritonError.INTERNAL)), flags=FINAL)
+                senders[i].send(error_response(pb_utils, f"generation failed: {exc}", "INTERNAL"), flags=FINAL)
             return None
 
         for i, outcome in zip(runnable, outcomes):
             if isinstance(outcome, EngineRequestError):
-                senders[i].send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(outcome), pb_utils.TritonError.INVALID_ARG)), flags=FINAL)
+                senders[i].send(error_response(pb_utils, str(outcome)), flags=FINAL)
                 continue
             metadata = dict(outcome.metadata(), weights=self.weights, batch_size=len(runnable))
             final = pb_utils.InferenceResponse(output_tensors=[

@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from emoserve.audio import AudioDecodeError, decode_audio
 from emoserve.constants import SAMPLE_RATE
+from emoserve.hallo2.defaults import HALLO2
 from emoserve.hallo2.pipeline import GenerationSettings, Hallo2Pipeline, PipelineCancelled
 from emoserve.hallo2.profile import HALLO2_PROFILES
 from emoserve.hallo2.served_networks import ServedHallo2Networks, bls_caller
@@ -35,7 +36,7 @@ from emoserve.model_catalog import (
     VIDEO_MP4,
     WEIGHTS_PARAMETER,
 )
-from emoserve.triton.backend import bytes_input, load_model_config, model_parameters, scalar_input, typed_parameter
+from emoserve.triton.backend import bytes_input, error_response, load_model_config, model_parameters, scalar_input, typed_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -58,7 +59,7 @@ class TritonPythonModel:
         if profile_name not in HALLO2_PROFILES:
             raise pb_utils.TritonModelException(f"unknown Hallo2 profile {profile_name!r}")
         self.profile = HALLO2_PROFILES[profile_name]
-        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, 60.0)
+        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, HALLO2.max_audio_seconds)
         self.weights = parameters.get(WEIGHTS_PARAMETER, "unknown")
         networks = ServedHallo2Networks(
             bls_caller(pb_utils, json.loads(typed_parameter(parameters, "network_max_batch", str, "{}"))),
@@ -129,10 +130,10 @@ class TritonPythonModel:
             try:
                 self._run(request, sender)
             except BadRequest as exc:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)), flags=FINAL)
+                sender.send(error_response(pb_utils, str(exc)), flags=FINAL)
             except PipelineCancelled:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED)), flags=FINAL)
+                sender.send(error_response(pb_utils, "request cancelled", "CANCELLED"), flags=FINAL)
             except Exception as exc:
                 self.logger.log_error(f"hallo2 pipeline failed: {exc!r}")
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}", pb_utils.TritonError.INTERNAL)), flags=FINAL)
+                sender.send(error_response(pb_utils, f"generation failed: {exc}", "INTERNAL"), flags=FINAL)
         return None

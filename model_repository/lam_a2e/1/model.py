@@ -17,7 +17,9 @@ class TritonPythonModel(OnnxNetworkModel):
     def prepare(self, arrays):
         audio, ids = arrays[NETWORK_AUDIO], arrays[NETWORK_IDENTITY].reshape(-1)
         if audio.ndim != 2 or ids.shape[0] != audio.shape[0]:
-            raise ValueError(f"expected {NETWORK_AUDIO} [batch, samples] and {NETWORK_IDENTITY} [batch, 1], got {audio.shape} and {ids.shape}")
+            raise ValueError(
+                f"expected {NETWORK_AUDIO} [batch, samples] and {NETWORK_IDENTITY} [batch, 1], got {audio.shape} and {ids.shape}"
+            )
         if ((ids < 0) | (ids >= NUM_IDENTITIES)).any():
             raise ValueError(f"{NETWORK_IDENTITY} must be in 0..{NUM_IDENTITIES - 1}, got {ids.tolist()}")
         return {NETWORK_AUDIO: audio, NETWORK_IDENTITY: ids.astype(np.int64)}

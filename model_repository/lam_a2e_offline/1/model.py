@@ -9,9 +9,10 @@ quadratic attention cost.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from emoserve.lam_a2e.postprocess import PostprocessOptions, postprocess_offline
 from emoserve.audio import AudioDecodeError, decode_audio, extract_vocals
 from emoserve.constants import NUM_IDENTITIES, SAMPLE_RATE
+from emoserve.lam_a2e.defaults import LAM_A2E
+from emoserve.lam_a2e.postprocess import PostprocessOptions, postprocess_offline
 from emoserve.model_catalog import (
     A2E_NETWORK_MODEL,
     AUDIO,
@@ -45,7 +46,7 @@ class BadRequest(ValueError):
 class TritonPythonModel:
     def initialize(self, args):
         parameters = model_parameters(load_model_config(args))
-        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, 600.0)
+        self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, LAM_A2E.max_audio_seconds)
         self.run_network = bls_network(pb_utils, A2E_NETWORK_MODEL, (NETWORK_AUDIO, NETWORK_IDENTITY), NETWORK_BLENDSHAPES)
         self.logger = pb_utils.Logger
 

@@ -2,21 +2,81 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from frontend.config import load_settings
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
+from emoserve.hallo2.defaults import HALLO2
+from emoserve.lam_a2e.defaults import LAM_A2E
+from frontend.config import Settings, load_settings
 from frontend.errors import BadRequest, InferenceFailed, NotFound, ServiceUnavailable
 from frontend.triton import map_triton_error
 
 
-def test_config_file_sets_values_and_overrides_win(tmp_path, monkeypatch):
-    monkeypatch.delenv("EMOSERVE_MAX_SESSIONS", raising=False)
+@pytest.fixture(autouse=True)
+def no_emoserve_environment(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("EMOSERVE_"):
+            monkeypatch.delenv(name)
+
+
+def test_config_file_sets_values_and_overrides_win(tmp_path):
     config = tmp_path / "stack.env"
-    config.write_text("EMOSERVE_MAX_SESSIONS=7\nEMOSERVE_API_KEY=abc\nEMOSERVE_TRITON_GRPC_URL=example:1\n")
+    config.write_text("EMOSERVE_LAM_A2E__MAX_SESSIONS=7\nEMOSERVE_API_KEY=abc\nEMOSERVE_TRITON_GRPC_URL=example:1\n")
     settings = load_settings(config, triton_grpc_url="127.0.0.1:9001")
-    assert settings.max_sessions == 7 and settings.api_key == "abc"
+    assert settings.lam_a2e.max_sessions == 7 and settings.api_key == "abc"
     assert settings.triton_grpc_url == "127.0.0.1:9001"
+
+
+def test_nested_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("EMOSERVE_HALLO2__DATABASE_URL", "sqlite:////tmp/x.db")
+    monkeypatch.setenv("EMOSERVE_HALLO2__INFERENCE_STEPS", "7")
+    monkeypatch.setenv("EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS", '["/srv/a", "/srv/b"]')
+    monkeypatch.setenv("EMOSERVE_LAM_A2E__MAX_UPLOAD_BYTES", "1234")
+    settings = load_settings(hallo2={"poll_interval_s": 0.5})  # an override merges with the environment
+    assert settings.hallo2.database_url == "sqlite:////tmp/x.db" and settings.hallo2.inference_steps == 7
+    assert settings.hallo2.poll_interval_s == 0.5
+    assert settings.emotion_llama.media_roots == [Path("/srv/a"), Path("/srv/b")]
+    assert settings.lam_a2e.max_upload_bytes == 1234
+
+
+def test_defaults_are_the_models_own():
+    settings = Settings()
+    assert settings.lam_a2e.max_audio_seconds == LAM_A2E.max_audio_seconds == 600.0
+    assert settings.lam_a2e.max_upload_bytes == LAM_A2E.max_upload_bytes and settings.lam_a2e.max_sessions == LAM_A2E.max_sessions
+    assert settings.emotion_llama.max_video_bytes == EMOTION_LLAMA.max_video_bytes == 200 * 1024 * 1024
+    assert settings.emotion_llama.max_prompt_chars == EMOTION_LLAMA.max_prompt_chars == 2000
+    assert (settings.hallo2.guidance_scale, settings.hallo2.inference_steps) == (HALLO2.guidance_scale, HALLO2.inference_steps) == (3.5, 40)
+    assert settings.hallo2.max_upload_bytes == HALLO2.max_upload_bytes
+
+
+def test_build_settings_share_the_models_defaults():
+    from export.build_repository import BuildSettings
+
+    build = BuildSettings()
+    assert build.max_video_bytes == EMOTION_LLAMA.max_video_bytes  # the pipeline refuses what the front end refuses
+    assert (build.max_new_tokens_limit, build.max_prompt_chars, build.emotion_audio_seconds) == (
+        EMOTION_LLAMA.max_new_tokens_limit, EMOTION_LLAMA.max_prompt_chars, EMOTION_LLAMA.max_audio_seconds)
+    assert build.max_audio_seconds == LAM_A2E.max_audio_seconds and build.hallo2_max_audio_seconds == HALLO2.max_audio_seconds
+
+
+def test_flat_names_are_no_longer_read_and_say_so(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("EMOSERVE_HALLO2_DATABASE_URL", "sqlite:////tmp/old.db")
+    config = tmp_path / "old.env"
+    config.write_text("EMOSERVE_MAX_UPLOAD_BYTES=5\nEMOSERVE_MAX_HALLO2_UPLOAD_BYTES=6\n")
+    with caplog.at_level(logging.WARNING, logger="frontend.config"):
+        settings = load_settings(config)
+    assert settings.hallo2.database_url == Settings().hallo2.database_url and settings.lam_a2e.max_upload_bytes == LAM_A2E.max_upload_bytes
+    warned = caplog.text
+    for old, new in (("EMOSERVE_HALLO2_DATABASE_URL", "EMOSERVE_HALLO2__DATABASE_URL"),
+                     ("EMOSERVE_MAX_UPLOAD_BYTES", "EMOSERVE_LAM_A2E__MAX_UPLOAD_BYTES"),
+                     ("EMOSERVE_MAX_HALLO2_UPLOAD_BYTES", "EMOSERVE_HALLO2__MAX_UPLOAD_BYTES")):
+        assert f"{old} is no longer read: use {new}" in warned
 
 
 def test_missing_config_file_is_an_error(tmp_path):
@@ -26,7 +86,7 @@ def test_missing_config_file_is_an_error(tmp_path):
 
 def test_invalid_setting_is_refused(tmp_path):
     config = tmp_path / "bad.env"
-    config.write_text("EMOSERVE_MAX_SESSIONS=0\n")
+    config.write_text("EMOSERVE_LAM_A2E__MAX_SESSIONS=0\n")
     with pytest.raises(ValueError, match="max_sessions"):
         load_settings(config)
 

@@ -1,5 +1,5 @@
-"""The Hallo2 REST routes (``emo-hallo-api.zh.md``) on an app built by ``install_hallo2``, with an INJECTED
-runner that encodes a tiny real MP4 (``emoserve.media.encode_video``); SQLite and the data folder in tmp."""
+"""The Hallo2 REST routes (``emo-hallo-api.zh.md``) on the app of ``create_app``, with an INJECTED Hallo2 engine
+whose runner encodes a tiny real MP4 (``emoserve.media.encode_video``); SQLite and the data folder in tmp."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from emoserve.audio import encode_wav
 from emoserve.media import encode_video, probe_video
-from sdk import Hallo2Client, Hallo2Error
 from frontend.config import Settings
-from frontend.errors import install_error_handlers
-from frontend.hallo2.service import install_hallo2
-from frontend.hallo2.router import GpuDevice, GpuInfo
+from frontend.hallo2.engine import Hallo2Engine
+from frontend.hallo2.schemas import GpuDevice, GpuInfo
+from frontend.hallo2.worker import Hallo2Video
+from frontend.main import create_app
+from sdk import Hallo2Client, Hallo2Error
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,15 +42,15 @@ JPEG = encoded_image("mjpeg", "yuvj420p")
 WAV = encode_wav((0.1 * np.sin(np.linspace(0, 400 * np.pi, 16000))).astype(np.float32))  # 1 s
 
 
-class Gate:
-    """Holds the runner until the test opens it (the runner runs in the TestClient's event loop thread)."""
+class Gate(Hallo2Engine):
+    """A Hallo2 engine whose runner waits until the test opens it (it runs in the TestClient's event loop thread)."""
 
     def __init__(self):
         self.open = threading.Event()
         self.open.set()
         self.inputs = []
 
-    async def runner(self, inputs, progress, cancel: asyncio.Event) -> bytes:
+    async def run(self, inputs, progress, cancel: asyncio.Event) -> Hallo2Video:
         self.inputs.append(inputs)
         await progress(10, "Preprocessing image...")
         while not self.open.is_set():
@@ -61,15 +61,14 @@ class Gate:
         if inputs.guidance_scale == 13.0:
             raise RuntimeError("the model exploded")
         frames = np.full((FRAMES, 32, 32, 3), 100, np.uint8)
-        return await asyncio.to_thread(encode_video, frames, 25)
+        video = await asyncio.to_thread(encode_video, frames, 25)
+        return Hallo2Video(video, {"frames": FRAMES, "fps": 25, "width": 32, "height": 32, "steps": inputs.inference_steps})
 
+    async def models_loaded(self) -> list[str]:
+        return ["hallo2"]
 
-async def models_probe() -> list[str]:
-    return ["hallo2"]
-
-
-async def gpu_probe() -> GpuInfo:
-    return GpuInfo(available=True, count=1, devices=[GpuDevice(index=0, name="Test GPU", memory_total="24 GB")])
+    async def gpu_info(self) -> GpuInfo:
+        return GpuInfo(available=True, count=1, devices=[GpuDevice(index=0, name="Test GPU", memory_total="24 GB")])
 
 
 @pytest.fixture()
@@ -79,22 +78,19 @@ def gate():
 
 @pytest.fixture()
 def settings(tmp_path):
-    return Settings(hallo2_database_url=f"sqlite:///{tmp_path}/hallo2.db", hallo2_data_dir=tmp_path / "data",
-                    hallo2_poll_interval_s=0.05, hallo2_heartbeat_interval_s=0.2, max_hallo2_upload_bytes=64 * 1024,
-                    hallo2_cancel_grace_s=0.5)
+    return Settings(hallo2={"database_url": f"sqlite:///{tmp_path}/hallo2.db", "data_dir": tmp_path / "data", "poll_interval_s": 0.05,
+                            "heartbeat_interval_s": 0.2, "max_upload_bytes": 64 * 1024, "cancel_grace_s": 0.5})
 
 
 @pytest.fixture()
 def client(settings, gate):
-    app = FastAPI()
-    install_error_handlers(app)
-    install_hallo2(app, settings, gate.runner, models_probe, gpu_probe)
-    with TestClient(app) as test_client:
+    with TestClient(create_app(settings, hallo2_engine=gate)) as test_client:
         yield test_client
 
 
 def submit(client, image=PNG, audio=WAV, **data):
-    return client.post("/api/v1/inference/hallo2", files={"image_file": ("person.png", image), "audio_file": ("speech.wav", audio)}, data=data)
+    files = {"image_file": ("person.png", image), "audio_file": ("speech.wav", audio)}
+    return client.post("/api/v1/inference/hallo2", files=files, data=data)
 
 
 def wait_status(client, task_id, wanted, timeout=20.0):
@@ -121,6 +117,8 @@ def test_documented_workflow_create_poll_download(client):
     assert status["created_at"].endswith("Z") and status["updated_at"] >= status["created_at"]
     result = status["result"]
     assert result["frames"] == FRAMES and result["fps"] == 25 and result["video_url"] == f"/api/v1/tasks/{task_id}/video"
+    assert list(result) == ["frames", "fps", "duration", "width", "height", "processing_time", "video_path", "video_url", "size_bytes"]
+    assert (result["duration"], result["width"], result["height"]) == (FRAMES / 25, 32, 32)
 
     video = client.get(f"/api/v1/tasks/{task_id}/video")
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
@@ -174,6 +172,9 @@ def test_oversized_uploads_get_413(client):
     huge = b"\x00" * (200 * 1024)  # declared Content-Length alone decides
     response = submit(client, audio=huge)
     assert response.status_code == 413 and response.json()["error_code"] == "FILE_TOO_LARGE"
+    declared = response.request.headers["content-length"]
+    assert response.json() == {"detail": f"the uploaded files ({declared} bytes) exceed the {64 * 1024} byte limit",
+                               "error_code": "FILE_TOO_LARGE"}
 
 
 def test_unknown_tasks_are_404(client):
@@ -260,18 +261,12 @@ def test_list_filter_and_failed_task(client):
 def test_tasks_survive_an_app_restart(settings, gate, tmp_path):
     """Queued tasks in the database are run by the next app on the same database and data folder."""
     gate.open.clear()
-    app = FastAPI()
-    install_error_handlers(app)
-    install_hallo2(app, settings, gate.runner, models_probe, gpu_probe)
-    with TestClient(app) as first:
+    with TestClient(create_app(settings, hallo2_engine=gate)) as first:
         ids = [submit(first).json()["task_id"] for _ in range(2)]
         wait_status(first, ids[0], {"processing"})
     # shut down: the running task was re-queued
     gate.open.set()
-    app = FastAPI()
-    install_error_handlers(app)
-    install_hallo2(app, settings, gate.runner, models_probe, gpu_probe)
-    with TestClient(app) as second:
+    with TestClient(create_app(settings, hallo2_engine=gate)) as second:
         for task_id in ids:
             wait_status(second, task_id, {"completed"})
         assert "the server shut down while processing it" in second.post(f"/api/v1/tasks/{ids[0]}/logs").json()["logs"]
@@ -298,3 +293,39 @@ def test_sdk_client_waits_and_downloads(client, tmp_path):
     with pytest.raises(Hallo2Error) as error:
         sdk.wait_and_download(failing, tmp_path / "never.mp4", poll_s=0.05, timeout_s=30, progress=False)
     assert error.value.status == "failed" and not (tmp_path / "never.mp4").exists()
+
+
+def test_one_size_middleware_keeps_each_apis_413(settings):
+    """Hallo2's upload route has its own declared-body limit and error body; every other route the app-wide one."""
+    import json
+
+    from frontend.main import oversized_body
+
+    over = str(64 * 1024 + 64 * 1024 + 1)  # the test's 64 KiB upload limit + the multipart allowance, + 1
+    refused = oversized_body(settings, "POST", "/api/v1/inference/hallo2/", over)
+    assert refused.status_code == 413
+    assert json.loads(refused.body) == {"detail": f"the uploaded files ({over} bytes) exceed the 65536 byte limit",
+                                        "error_code": "FILE_TOO_LARGE"}
+    assert oversized_body(settings, "POST", "/api/v1/inference/hallo2", str(int(over) - 1)) is None
+    assert oversized_body(settings, "POST", "/api/infer", over) is None  # the app-wide limit: the largest upload limit
+    limit = max(settings.lam_a2e.max_upload_bytes, settings.lam_a2e.max_chunk_bytes, settings.emotion_llama.max_video_bytes) + 64 * 1024
+    for method, path in (("POST", "/api/infer"), ("POST", "/process_video"), ("GET", "/api/v1/inference/hallo2")):
+        refused = oversized_body(settings, method, path, str(limit + 1))
+        assert refused.status_code == 413
+        assert json.loads(refused.body) == {"detail": f"request body of {limit + 1} bytes exceeds the {limit} byte limit"}
+    assert oversized_body(settings, "POST", "/api/infer", str(limit)) is None
+    assert oversized_body(settings, "POST", "/api/infer", None) is None
+
+
+def test_app_includes_every_slice(settings, gate):
+    from frontend.emotion_llama import router as emotion_llama_router
+    from frontend.hallo2 import router as hallo2_router
+    from frontend.lam_a2e import router as lam_a2e_router
+
+    paths = create_app(settings, hallo2_engine=gate).openapi()["paths"]
+    for module in (lam_a2e_router, emotion_llama_router, hallo2_router):
+        assert {"public", "protected"} <= set(vars(module))
+    for path, method in (("/", "get"), ("/api/health", "get"), ("/api/infer", "post"), ("/process_video", "post"),
+                         ("/api/predict/", "post"), ("/health", "get"), ("/api/v1/health", "get"), ("/api/v1/inference/hallo2", "post"),
+                         ("/api/v1/tasks/{task_id}", "delete")):
+        assert method in paths[path], path

@@ -27,13 +27,15 @@ from frontend.hallo2.tasks import (
     TaskStore,
     utcnow,
 )
-from frontend.hallo2.worker import TaskInputs, TaskWorker
+from frontend.hallo2.worker import Hallo2Video, TaskInputs, TaskWorker, describe_video
 
 pytestmark = pytest.mark.timeout(60)
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + b"image" * 10
 AUDIO = b"RIFF....WAVE" + b"audio" * 10
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"video" * 1000
+# what a runner returns: the MP4 and the pipeline's RESULT_METADATA
+OUTPUT = Hallo2Video(VIDEO, {"frames": 30, "fps": 25, "width": 64, "height": 48, "steps": 40, "profile": "tiny"})
 
 
 def make_store(tmp_path: Path, max_attempts: int = 3) -> TaskStore:
@@ -248,7 +250,7 @@ def test_worker_respects_the_concurrency_limit(tmp_path):
         ids = await create(store, 5)
         now, peak, seen = 0, 0, []
 
-        async def runner(inputs: TaskInputs, progress, cancel) -> bytes:
+        async def runner(inputs: TaskInputs, progress, cancel) -> Hallo2Video:
             nonlocal now, peak
             assert inputs.image == IMAGE and inputs.audio == AUDIO and inputs.inference_steps == 40
             now += 1
@@ -260,7 +262,7 @@ def test_worker_respects_the_concurrency_limit(tmp_path):
                     await asyncio.sleep(0.05)
             finally:
                 now -= 1
-            return VIDEO
+            return OUTPUT
 
         worker = fast_worker(store, runner, max_concurrent_tasks=2)
         await worker.start()
@@ -272,6 +274,9 @@ def test_worker_respects_the_concurrency_limit(tmp_path):
         assert seen[:2] == ids[:2]  # oldest first
         task = await store.get(ids[-1])
         assert task.progress == 100 and "step 2" in task.logs and task.result["size_bytes"] == len(VIDEO)
+        # the video's description comes from the pipeline's metadata, not from reopening the MP4
+        assert {k: task.result[k] for k in ("frames", "fps", "duration", "width", "height")} == {
+            "frames": 30, "fps": 25.0, "duration": 1.2, "width": 64, "height": 48}
     asyncio.run(main())
 
 
@@ -285,7 +290,7 @@ def test_cancelling_a_running_task_stops_its_runner(tmp_path):
         cooperative, stubborn, after = await create(store, 3)
         started, stopped = asyncio.Event(), []
 
-        async def runner(inputs, progress, cancel: asyncio.Event) -> bytes:
+        async def runner(inputs, progress, cancel: asyncio.Event) -> Hallo2Video:
             started.set()
             if inputs.task_id == cooperative:
                 await cancel.wait()  # a runner that watches its event stops its Triton work
@@ -297,7 +302,7 @@ def test_cancelling_a_running_task_stops_its_runner(tmp_path):
                 except asyncio.CancelledError:
                     stopped.append("stubborn")
                     raise
-            return VIDEO
+            return OUTPUT
 
         worker = fast_worker(store, runner, cancel_grace_s=0.2)
         await worker.start()
@@ -323,11 +328,11 @@ def test_a_cancel_from_another_replica_reaches_the_runner(tmp_path):
         [task_id] = await create(store)
         started, saw_cancel = asyncio.Event(), asyncio.Event()
 
-        async def runner(inputs, progress, cancel) -> bytes:
+        async def runner(inputs, progress, cancel) -> Hallo2Video:
             started.set()
             await cancel.wait()
             saw_cancel.set()
-            return VIDEO  # returned after the cancel: discarded
+            return OUTPUT  # returned after the cancel: discarded
 
         worker = fast_worker(store, runner)
         await worker.start()
@@ -349,10 +354,10 @@ def test_runner_errors_fail_the_task(tmp_path):
         store = make_store(tmp_path)
         broken, empty = await create(store, 2)
 
-        async def runner(inputs, progress, cancel) -> bytes:
+        async def runner(inputs, progress, cancel) -> Hallo2Video:
             if inputs.task_id == broken:
                 raise RuntimeError("Triton said no")
-            return b""
+            return Hallo2Video(b"", {"frames": 0})
 
         worker = fast_worker(store, runner)
         await worker.start()
@@ -365,16 +370,22 @@ def test_runner_errors_fail_the_task(tmp_path):
     asyncio.run(main())
 
 
+def test_describe_video_reads_the_result_metadata():
+    assert describe_video({"frames": 25, "fps": 25, "width": 64, "height": 64, "seconds": 1.5}) == {
+        "frames": 25, "fps": 25.0, "duration": 1.0, "width": 64, "height": 64}
+    assert describe_video({"fps": 25}) == {}  # the video is still served; its description is a courtesy
+
+
 def test_shutdown_requeues_and_a_restart_runs_the_rest(tmp_path):
     async def main():
         store = make_store(tmp_path)
         ids = await create(store, 3)
         first_started = asyncio.Event()
 
-        async def slow(inputs, progress, cancel) -> bytes:
+        async def slow(inputs, progress, cancel) -> Hallo2Video:
             first_started.set()
             await asyncio.sleep(30)
-            return VIDEO
+            return OUTPUT
 
         worker = fast_worker(store, slow)
         await worker.start()
@@ -387,9 +398,9 @@ def test_shutdown_requeues_and_a_restart_runs_the_rest(tmp_path):
 
         done = []
 
-        async def quick(inputs, progress, cancel) -> bytes:
+        async def quick(inputs, progress, cancel) -> Hallo2Video:
             done.append(inputs.task_id)
-            return VIDEO
+            return OUTPUT
 
         restarted = make_store(tmp_path)
         await restarted.recover_on_startup()
@@ -411,8 +422,8 @@ def test_a_crashed_worker_task_runs_again_after_restart(tmp_path):
         restarted = make_store(tmp_path)
         await restarted.recover_on_startup()
 
-        async def quick(inputs, progress, cancel) -> bytes:
-            return VIDEO
+        async def quick(inputs, progress, cancel) -> Hallo2Video:
+            return OUTPUT
 
         worker = fast_worker(restarted, quick)
         await worker.start()

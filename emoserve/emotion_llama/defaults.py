@@ -1,0 +1,30 @@
+"""Emotion-LLaMA's defaults and limits, in one place: the front end's settings and schemas, the export's
+``BuildSettings`` and the ``emotion_llama*`` models' fallbacks all read :data:`EMOTION_LLAMA`.
+
+The sampling values are upstream's demo (app.py / conversation.Chat: temperature 0.2, top_p 0.9, repetition
+penalty 1.05, 500 new tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EmotionLlamaDefaults:
+    temperature: float = 0.2
+    top_p: float = 0.9
+    repetition_penalty: float = 1.05
+    max_new_tokens: int = 500
+    max_new_tokens_limit: int = 1024  # the most a request may ask for
+    max_prompt_chars: int = 2000
+    # one video, as a file or an upload: the front end answers 413 above it, the pipeline refuses it too
+    max_video_bytes: int = 200 * _MiB
+    # HuBERT attends over the whole track: only the audio's first seconds are encoded
+    max_audio_seconds: float = 30.0
+    generation_timeout_s: float = 600.0  # one whole answer, as the front end waits for it
+
+
+EMOTION_LLAMA = EmotionLlamaDefaults()

@@ -1,0 +1,33 @@
+"""Hallo2's defaults and limits, in one place: the front end's settings, schemas and task store, the export's
+``BuildSettings`` and the ``hallo2`` model's fallbacks all read :data:`HALLO2`.
+
+Generation values are upstream's (``guidance_scale`` 3.5, 40 denoising steps per clip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Hallo2Defaults:
+    guidance_scale: float = 3.5
+    min_guidance_scale: float = 1.0  # the range POST /api/v1/inference/hallo2/config accepts
+    max_guidance_scale: float = 20.0
+    inference_steps: int = 40
+    max_inference_steps: int = 100  # the most POST /api/v1/inference/hallo2/config accepts
+    enable_cache: bool = True
+    max_audio_seconds: float = 60.0  # the driving audio of one task (the hallo2 model refuses longer)
+    max_upload_bytes: int = 500 * _MiB  # image + audio of one task
+    # the front end's task queue
+    max_concurrent_tasks: int = 1
+    max_attempts: int = 3  # a task interrupted by this many dead processes fails
+    heartbeat_interval_s: float = 10.0
+    stale_after_s: float = 60.0  # a processing task without a heartbeat this long is re-queued
+    poll_interval_s: float = 1.0  # how often a worker looks for tasks queued by other replicas
+    cancel_grace_s: float = 10.0  # a cancelled runner is cancelled outright after this
+
+
+HALLO2 = Hallo2Defaults()
