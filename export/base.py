@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 Shape = tuple[int, ...]
@@ -47,6 +48,10 @@ class BaseNetworkSpec:
     def get_output_shapes(self, *shape: int) -> list[Shape] | None:
         """Expected output shapes (in output order) for ``get_sample_input(*shape)``; None if unknown."""
         return None
+
+    def get_output_dtypes(self) -> list[torch.dtype]:
+        """Output element types in output order (a Triton config needs them before anything is exported)."""
+        return [torch.float32] * len(self.get_output_names())
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description (stored in export sidecars)."""

@@ -8,11 +8,13 @@ Targets:
   backend, or as a TensorRT plan (``--tensorrt``, built on the GPU host with optimisation profiles for
   batch and time from the same spec that drove the ONNX export).
 
-The python models' sources (``model.py``) live in this repository's ``model_repository/``; everything
-else there (configs, ONNX, plans, ``weights.json``) is a build output. Steps are cached: re-running with
-the same profile, seed and checkpoint re-uses the exported ONNX.
+This repository's ``model_repository/`` holds the python models' sources (``model.py``) and, beside every
+model, the ``config.pbtxt`` of the default build (``BuildSettings()``); a build lays what its settings change over
+those files (:mod:`export.model_config`). Everything else there (ONNX, plans, the LLM, ``weights.json``) is a build
+output. Steps are cached: re-running with the same profile, seed and checkpoint re-uses the exported ONNX.
 
     python -m export.build_repository --target cpu --profile full --out model_repository
+    python -m export.build_repository --write-committed-configs   # after changing a config recipe or a default
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
+from emoserve.hallo2.defaults import HALLO2
+from emoserve.lam_a2e.defaults import LAM_A2E
 from emoserve.model_catalog import A2E_MODELS, EMOTION_LLAMA_MODELS, HALLO2_MODELS
+
+if TYPE_CHECKING:
+    from export.model_config import ConfigRecipe, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +63,9 @@ class BuildSettings:
     stream_queue_delay_us: int = 2000
     # sequences the oldest-first batcher may hold slots for; more live streams than this wait in a backlog
     stream_candidate_sequences: int = 1024
-    stream_idle_timeout_s: float = 600.0
+    stream_idle_timeout_s: float = LAM_A2E.sequence_idle_timeout_s
     offline_instances: int = 2
-    max_audio_seconds: float = 600.0
+    max_audio_seconds: float = LAM_A2E.max_audio_seconds
     # which slices go into the repository
     slices: tuple[str, ...] = ("lam_a2e", "emotion_llama", "hallo2")
     # Emotion-LLaMA
@@ -66,16 +75,16 @@ class BuildSettings:
     emotion_llama_checkpoint: Path | None = None
     llm_max_batch: int = 8
     llm_queue_delay_us: int = 20000
-    max_new_tokens_limit: int = 1024
-    max_prompt_chars: int = 2000
+    max_new_tokens_limit: int = EMOTION_LLAMA.max_new_tokens_limit
+    max_prompt_chars: int = EMOTION_LLAMA.max_prompt_chars
     pipeline_instances: int = 4
-    max_video_bytes: int = 512 * 1024 * 1024
+    max_video_bytes: int = EMOTION_LLAMA.max_video_bytes
     # Hallo2
     hallo2_profile: str = "tiny"
     hallo2_instances: int = 1
-    hallo2_max_audio_seconds: float = 60.0
+    hallo2_max_audio_seconds: float = HALLO2.max_audio_seconds
     # HuBERT attends over the whole track: longer audio is cut to this many seconds before encoding
-    emotion_audio_seconds: float = 30.0
+    emotion_audio_seconds: float = EMOTION_LLAMA.max_audio_seconds
 
     def weights_description(self) -> str:
         if self.checkpoint is not None:
@@ -97,40 +106,95 @@ def _copy_python_sources(out: Path, models: tuple[str, ...]) -> None:
         shutil.copy2(source, target)
 
 
+def config_recipes(slices: tuple[str, ...] = SLICES) -> dict[str, ConfigRecipe]:
+    """Every model's config recipe (:mod:`export.model_config`), in the catalog's order."""
+    recipes: dict[str, ConfigRecipe] = {}
+    for slice_name in slices:
+        if slice_name == "lam_a2e":
+            from export.lam_a2e import CONFIGS
+        elif slice_name == "emotion_llama":
+            from export.emotion_llama import CONFIGS
+        else:
+            from export.hallo2 import CONFIGS
+        if set(CONFIGS) != set(slice_models(slice_name)):
+            raise RuntimeError(f"{slice_name}: config recipes for {sorted(CONFIGS)}, the catalog has {sorted(slice_models(slice_name))}")
+        recipes.update((model, CONFIGS[model]) for model in slice_models(slice_name))
+    return recipes
+
+
+def model_configs(settings: BuildSettings) -> dict[str, ModelConfig]:
+    """The configs of a build: the committed files with the build's overlay."""
+    from export.model_config import read_committed
+
+    return {model: recipe.over(read_committed(model), settings) for model, recipe in config_recipes(settings.slices).items()}
+
+
+def committed_configs() -> dict[str, str]:
+    """What ``model_repository/*/config.pbtxt`` must hold: every config rebuilt from its recipe for ``BuildSettings()``."""
+    from export.model_config import to_text
+
+    return {model: to_text(recipe.from_structured_data(BuildSettings())) for model, recipe in config_recipes().items()}
+
+
+def write_committed_configs(repository: Path = SOURCE_REPOSITORY) -> list[Path]:
+    from export.model_config import committed_path
+
+    written = []
+    for model, text in committed_configs().items():
+        path = committed_path(model, repository)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
 def build_repository(out: Path, settings: BuildSettings) -> Path:
+    from export.model_config import committed_path, to_text
+
     out = Path(out)
     unknown = set(settings.slices) - set(SLICES)
     if unknown or not settings.slices:
         raise ValueError(f"slices must be a non-empty subset of {SLICES}, got {settings.slices}")
     out.mkdir(parents=True, exist_ok=True)
-    configs: dict[str, str] = {}
+    # before any export: a missing or unreadable committed config fails in seconds, not after minutes of exporting
+    configs = {model: to_text(config) for model, config in model_configs(settings).items()}
     for slice_name in settings.slices:
         _copy_python_sources(out, slice_models(slice_name))
         if slice_name == "lam_a2e":
             from export.lam_a2e import build_lam_a2e
 
-            configs.update(build_lam_a2e(out, settings))
+            build_lam_a2e(out, settings)
         elif slice_name == "emotion_llama":
             from export.emotion_llama import build_emotion_llama
 
-            configs.update(build_emotion_llama(out, settings))
+            build_emotion_llama(out, settings)
         else:
             from export.hallo2 import build_hallo2
 
-            configs.update(build_hallo2(out, settings))
+            build_hallo2(out, settings)
+    changed_committed = []
     for model, text in configs.items():
-        (out / model / "config.pbtxt").write_text(text)
+        path = committed_path(model, out)
+        if out.resolve() == SOURCE_REPOSITORY.resolve() and path.is_file() and path.read_text() != text:
+            changed_committed.append(model)
+        path.write_text(text)
+    if changed_committed:
+        log.warning("this build's settings differ from BuildSettings(): it rewrote the committed config.pbtxt of %s "
+                    "(`git diff model_repository` shows how; `python -m export.build_repository --write-committed-configs` "
+                    "restores them)", ", ".join(changed_committed))
     manifest = {
         "target": settings.target,
         "slices": list(settings.slices),
         "models": sorted(configs),
-        "lam_a2e": {"profile": settings.profile, "seed": settings.seed, "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
+        "lam_a2e": {"profile": settings.profile, "seed": settings.seed,
+                    "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
                     "weights": settings.weights_description(), "tensorrt": settings.tensorrt},
     }
     if "emotion_llama" in settings.slices:
         from export.emotion_llama import describe_weights
 
-        manifest["emotion_llama"] = {"llm": settings.llm, "encoder_profile": settings.encoder_profile, "weights": describe_weights(settings)["all"]}
+        manifest["emotion_llama"] = {"llm": settings.llm, "encoder_profile": settings.encoder_profile,
+                                     "weights": describe_weights(settings)["all"]}
     if "hallo2" in settings.slices:
         from export.hallo2 import describe_weights as describe_hallo2
 
@@ -162,8 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama2", type=Path, default=None, help="HF Llama-2-7b-chat folder (with --llm llama2)")
     parser.add_argument("--emotion-llama-checkpoint", type=Path, default=None, help="Emotion-LLaMA checkpoint (ckpt['model'])")
     parser.add_argument("--hallo2-profile", choices=("full", "tiny"), default="tiny", help="Hallo2 network size (full needs a GPU)")
+    parser.add_argument("--write-committed-configs", action="store_true",
+                        help="only rewrite model_repository/*/config.pbtxt from the config recipes for BuildSettings() (no export)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.write_committed_configs:
+        for path in write_committed_configs():
+            log.info("wrote %s", path.relative_to(PROJECT_ROOT))
+        return 0
     if args.tensorrt and args.target != "gpu":
         parser.error("--tensorrt needs --target gpu")
     settings = BuildSettings(

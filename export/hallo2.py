@@ -1,9 +1,9 @@
 """The Hallo2 part of the model repository: eight exported networks and the decoupled pipeline.
 
 Every network is exported to ONNX from one spec (below) and served by the generic ONNX
-adapter on the ``cpu`` target (native ``onnxruntime_onnx`` on ``gpu``); its config's tensors are read
-off the exported graph, so a config cannot disagree with its file. The ``hallo2`` pipeline model (python,
-decoupled) runs the DDIM loop and calls the networks through BLS.
+adapter on the ``cpu`` target (native ``onnxruntime_onnx`` on ``gpu``); its config's tensors come from the same
+spec (the export stamps the spec's static dims on the graph, and a test compares the two). The ``hallo2`` pipeline
+model (python, decoupled) runs the DDIM loop and calls the networks through BLS.
 """
 
 from __future__ import annotations
@@ -63,16 +63,25 @@ from emoserve.model_catalog import (
     STATUS_MESSAGE,
     USE_CACHE,
     VIDEO_MP4,
-    WEIGHTS_PARAMETER,
 )
 from export.base import BaseNetworkSpec, InputProfile, Shape, pick
-from export.pbtxt import (
-    onnx_network_header,
-    onnx_tensors,
+from export.model_config import (
+    BOOL,
+    FP32,
+    INT32,
+    STRING,
+    UINT64,
+    ConfigRecipe,
+    ModelConfig,
+    input_tensor,
+    network_overlay,
+    network_recipe,
     optional_scalars,
-    parameter,
-    tensor,
-    tensor_block,
+    output_tensor,
+    python_model,
+    set_instances,
+    set_parameters,
+    set_weights,
 )
 
 if TYPE_CHECKING:
@@ -598,9 +607,32 @@ class DenoisingUNetSpec(_Hallo2Spec):
 
 
 NETWORK_MAX_BATCH = 8
+NETWORK_QUEUE_DELAY_US = 1000
+
+_SPECS = {
+    HALLO2_VAE_ENCODER_MODEL: VaeEncoderSpec,
+    HALLO2_VAE_DECODER_MODEL: VaeDecoderSpec,
+    HALLO2_AUDIO_ENCODER_MODEL: Hallo2AudioEncoderSpec,
+    HALLO2_AUDIO_PROJ_MODEL: AudioProjSpec,
+    HALLO2_IMAGE_PROJ_MODEL: ImageProjSpec,
+    HALLO2_FACE_LOCATOR_MODEL: FaceLocatorSpec,
+    HALLO2_REFERENCE_UNET_MODEL: ReferenceUNetSpec,
+    HALLO2_DENOISING_UNET_MODEL: DenoisingUNetSpec,
+}
 
 
-def _networks(settings: "BuildSettings") -> dict[str, tuple]:
+def network_spec(name: str, settings: BuildSettings) -> _Hallo2Spec:
+    return _SPECS[name](profile=settings.hallo2_profile)
+
+
+def network_max_batch(name: str, settings: BuildSettings) -> int:
+    """A TensorRT plan cannot take a batch past its profile, which comes from the spec."""
+    if settings.target == "gpu" and settings.tensorrt:
+        return min(NETWORK_MAX_BATCH, network_spec(name, settings).max_batch)
+    return NETWORK_MAX_BATCH
+
+
+def _networks(settings: BuildSettings) -> dict[str, tuple]:
     """Each network model's (module, spec) pair, built with the profile's seeded demo weights."""
     from emoserve.hallo2.audio import build_audio_encoder
     from emoserve.hallo2.projections import build_projections
@@ -610,74 +642,74 @@ def _networks(settings: "BuildSettings") -> dict[str, tuple]:
     profile, seed = settings.hallo2_profile, settings.seed
     vae = build_vae(profile, seed=seed)
     projections = build_projections(profile, seed=seed)
-    return {
-        HALLO2_VAE_ENCODER_MODEL: (vae.encoder_net(), VaeEncoderSpec(profile=profile)),
-        HALLO2_VAE_DECODER_MODEL: (vae.decoder_net(), VaeDecoderSpec(profile=profile)),
-        HALLO2_AUDIO_ENCODER_MODEL: (build_audio_encoder(profile, seed=seed), Hallo2AudioEncoderSpec(profile=profile)),
-        HALLO2_AUDIO_PROJ_MODEL: (projections.audio_proj, AudioProjSpec(profile=profile)),
-        HALLO2_IMAGE_PROJ_MODEL: (projections.image_proj, ImageProjSpec(profile=profile)),
-        HALLO2_FACE_LOCATOR_MODEL: (projections.face_locator, FaceLocatorSpec(profile=profile)),
-        HALLO2_REFERENCE_UNET_MODEL: (build_reference_unet(profile, seed=seed), ReferenceUNetSpec(profile=profile)),
-        HALLO2_DENOISING_UNET_MODEL: (build_denoising_unet(profile, seed=seed), DenoisingUNetSpec(profile=profile)),
+    modules = {
+        HALLO2_VAE_ENCODER_MODEL: vae.encoder_net(),
+        HALLO2_VAE_DECODER_MODEL: vae.decoder_net(),
+        HALLO2_AUDIO_ENCODER_MODEL: build_audio_encoder(profile, seed=seed),
+        HALLO2_AUDIO_PROJ_MODEL: projections.audio_proj,
+        HALLO2_IMAGE_PROJ_MODEL: projections.image_proj,
+        HALLO2_FACE_LOCATOR_MODEL: projections.face_locator,
+        HALLO2_REFERENCE_UNET_MODEL: build_reference_unet(profile, seed=seed),
+        HALLO2_DENOISING_UNET_MODEL: build_denoising_unet(profile, seed=seed),
     }
+    return {name: (module, network_spec(name, settings)) for name, module in modules.items()}
 
 
-def describe_weights(settings: "BuildSettings") -> str:
+def describe_weights(settings: BuildSettings) -> str:
     return f"{settings.hallo2_profile} profile, seeded-random (seed {settings.seed}) - NOT a trained model"
 
 
-def network_config(settings: "BuildSettings", name: str, onnx_path: Path, weights: str, max_batch: int = NETWORK_MAX_BATCH) -> str:
-    inputs, outputs = onnx_tensors(onnx_path, reshape_per_item_scalars=settings.target == "gpu")
-    return "\n".join([
-        *onnx_network_header(name, settings, max_batch=max_batch, queue_delay_us=1000,
-                             tensorrt=settings.tensorrt and settings.target == "gpu"),
-        *tensor_block("input", inputs),
-        *tensor_block("output", outputs),
-        parameter(WEIGHTS_PARAMETER, weights),
-        "",
-    ])
+def _network_recipe(name: str) -> ConfigRecipe:
+    def overlay(config: ModelConfig, settings: BuildSettings, spec: _Hallo2Spec) -> None:
+        network_overlay(config, settings, spec, max_batch=network_max_batch(name, settings), queue_delay_us=NETWORK_QUEUE_DELAY_US,
+                        tensorrt=settings.tensorrt and settings.target == "gpu", weights=describe_weights(settings))
+
+    return network_recipe(name, lambda settings: network_spec(name, settings), overlay)
 
 
-def pipeline_config(settings: "BuildSettings", reference_features: int, weights: str, max_batches: dict[str, int]) -> str:
-    inputs = [
-        tensor(HALLO2_IMAGE, "TYPE_STRING", "1"),
-        tensor(AUDIO_BYTES, "TYPE_STRING", "1"),
-        *optional_scalars((GUIDANCE_SCALE, "TYPE_FP32"), (INFERENCE_STEPS, "TYPE_INT32"), (USE_CACHE, "TYPE_BOOL"), (SEED, "TYPE_UINT64")),
-    ]
-    outputs = [
-        tensor(PROGRESS, "TYPE_FP32", "1"),
-        tensor(STATUS_MESSAGE, "TYPE_STRING", "1"),
-        tensor(VIDEO_MP4, "TYPE_STRING", "1"),
-        tensor(RESULT_METADATA, "TYPE_STRING", "1"),
-    ]
-    return "\n".join([
-        f'name: "{HALLO2_PIPELINE_MODEL}"',
-        'backend: "python"',
-        "max_batch_size: 0",
-        "model_transaction_policy { decoupled: true }",
-        *tensor_block("input", inputs),
-        *tensor_block("output", outputs),
-        f"instance_group [ {{ count: {settings.hallo2_instances} kind: KIND_CPU }} ]",
-        parameter("profile", settings.hallo2_profile),
-        parameter("reference_features", reference_features),
+def _pipeline_base() -> ModelConfig:
+    return python_model(
+        HALLO2_PIPELINE_MODEL,
+        inputs=[
+            input_tensor(HALLO2_IMAGE, STRING, [1]),
+            input_tensor(AUDIO_BYTES, STRING, [1]),
+            *optional_scalars((GUIDANCE_SCALE, FP32), (INFERENCE_STEPS, INT32), (USE_CACHE, BOOL), (SEED, UINT64)),
+        ],
+        outputs=[
+            output_tensor(PROGRESS, FP32, [1]),
+            output_tensor(STATUS_MESSAGE, STRING, [1]),
+            output_tensor(VIDEO_MP4, STRING, [1]),
+            output_tensor(RESULT_METADATA, STRING, [1]),
+        ],
+        decoupled=True,
+    )
+
+
+def _pipeline_overlay(config: ModelConfig, settings: BuildSettings) -> None:
+    set_instances(config, settings.hallo2_instances)
+    set_parameters(
+        config,
+        profile=settings.hallo2_profile,
+        reference_features=len(_hallo2_ref_names(settings.hallo2_profile)),
         # JSON {model: max batch}: the pipeline splits larger BLS requests
-        "parameters { key: \"network_max_batch\" value: { string_value: '" + json.dumps(max_batches) + "' } }",
-        parameter("max_audio_seconds", settings.hallo2_max_audio_seconds),
-        parameter(WEIGHTS_PARAMETER, weights),
-        "",
-    ])
+        network_max_batch=json.dumps({name: network_max_batch(name, settings) for name in _SPECS}),
+        max_audio_seconds=settings.hallo2_max_audio_seconds,
+    )
+    set_weights(config, describe_weights(settings))
 
 
-def build_hallo2(out: Path, settings: "BuildSettings") -> dict[str, str]:
+CONFIGS: dict[str, ConfigRecipe] = {
+    **{name: _network_recipe(name) for name in _SPECS},
+    HALLO2_PIPELINE_MODEL: ConfigRecipe(_pipeline_base, _pipeline_overlay),
+}
+
+
+def build_hallo2(out: Path, settings: BuildSettings) -> None:
+    """Export the networks (and their plans); the configs come from :data:`CONFIGS`."""
     from export.onnx_export import export_onnx
 
-    weights = describe_weights(settings)
-    configs: dict[str, str] = {}
-    max_batches: dict[str, int] = {}
-    reference_features = 0
     for name, (network, spec) in _networks(settings).items():
         onnx_path = export_onnx(network.eval(), spec, out / name / "1" / "model.onnx")
-        max_batch = NETWORK_MAX_BATCH
         if settings.target == "gpu":
             (onnx_path.parent / "model.py").unlink(missing_ok=True)
             if settings.tensorrt:
@@ -685,10 +717,3 @@ def build_hallo2(out: Path, settings: "BuildSettings") -> dict[str, str]:
 
                 # the plan's profile comes from the same spec as the export; Triton may not batch past it
                 build_plan(onnx_path, onnx_path.with_name("model.plan"), spec.get_input_profile(), fp16=True)
-                max_batch = min(max_batch, spec.max_batch)
-        configs[name] = network_config(settings, name, onnx_path, weights, max_batch)
-        max_batches[name] = max_batch
-        if name == HALLO2_REFERENCE_UNET_MODEL:
-            reference_features = len(spec.get_output_names())
-    configs[HALLO2_PIPELINE_MODEL] = pipeline_config(settings, reference_features, weights, max_batches)
-    return configs

@@ -39,15 +39,29 @@ from emoserve.model_catalog import (
     NETWORK_BLENDSHAPES,
     NETWORK_IDENTITY,
     SEED,
-    WEIGHTS_PARAMETER,
 )
 from export.base import BaseNetworkSpec, InputProfile, Shape
-from export.pbtxt import (
-    onnx_network_header,
+from export.model_config import (
+    BOOL,
+    FP32,
+    INT32,
+    INT64,
+    STRING,
+    UINT64,
+    ConfigRecipe,
+    ModelConfig,
+    add_sequence_controls,
+    input_tensor,
+    network_overlay,
+    network_recipe,
     optional_scalars,
-    parameter,
-    tensor,
-    tensor_block,
+    output_tensor,
+    python_model,
+    set_instances,
+    set_oldest_sequence_batching,
+    set_parameters,
+    set_weights,
+    to_text,
 )
 
 if TYPE_CHECKING:
@@ -158,79 +172,84 @@ class A2ENetworkSpec(BaseNetworkSpec):
         return d
 
 
-def network_config(settings: "BuildSettings") -> str:
-    # the graph takes id_idx as [batch]: the native backends reshape Triton's [batch, 1] to it
-    identity_extra = "reshape: { shape: [ ] }" if settings.target == "gpu" else ""
-    return "\n".join([
-        *onnx_network_header(A2E_NETWORK_MODEL, settings, max_batch=settings.network_max_batch,
-                             queue_delay_us=settings.network_queue_delay_us, instances=settings.network_instances,
-                             tensorrt=settings.tensorrt),
-        *tensor_block("input", [tensor(NETWORK_AUDIO, "TYPE_FP32", "-1"), tensor(NETWORK_IDENTITY, "TYPE_INT64", "1", identity_extra)]),
-        *tensor_block("output", [tensor(NETWORK_BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}")]),
-        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
-        "",
-    ])
+def _network_spec(settings: BuildSettings) -> A2ENetworkSpec:
+    return A2ENetworkSpec(max_batch=settings.network_max_batch)
 
 
-def stream_config(settings: "BuildSettings") -> str:
-    inputs = [
-        tensor(AUDIO, "TYPE_FP32", "-1", "allow_ragged_batch: true"),
-        *optional_scalars((ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"), (SEED, "TYPE_UINT64")),
-    ]
-    outputs = [
-        tensor(BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}"),
-        tensor(FIRST_FRAME_INDEX, "TYPE_INT64", "1"),
-        tensor(CHUNK_INDEX, "TYPE_INT64", "1"),
-    ]
-    idle_us = int(settings.stream_idle_timeout_s * 1_000_000)
-    return "\n".join([
-        f'name: "{A2E_STREAM_MODEL}"',
-        'backend: "python"',
-        f"max_batch_size: {settings.stream_max_batch}",
-        *tensor_block("input", inputs),
-        *tensor_block("output", outputs),
-        "sequence_batching {",
-        f"  max_sequence_idle_microseconds: {idle_us}",
-        "  control_input [",
-        '    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },',
-        '    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },',
-        '    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }',
-        "  ]",
-        "  oldest {",
-        f"    max_candidate_sequences: {settings.stream_candidate_sequences}",
-        f"    preferred_batch_size: [ {settings.stream_max_batch} ]",
-        f"    max_queue_delay_microseconds: {settings.stream_queue_delay_us}",
-        "  }",
-        "}",
-        # one instance: a sequence's state lives in exactly one stub process
-        "instance_group [ { count: 1 kind: KIND_CPU } ]",
-        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
-        "",
-    ])
+def _network_overlay(config: ModelConfig, settings: BuildSettings, spec: A2ENetworkSpec) -> None:
+    network_overlay(config, settings, spec, max_batch=settings.network_max_batch, queue_delay_us=settings.network_queue_delay_us,
+                    instances=settings.network_instances, tensorrt=settings.tensorrt, weights=settings.weights_description())
 
 
-def offline_config(settings: "BuildSettings") -> str:
-    inputs = [
-        tensor(AUDIO, "TYPE_FP32", "-1", "optional: true"),
-        *optional_scalars(
-            (AUDIO_BYTES, "TYPE_STRING"), (ID_IDX, "TYPE_INT32"), (MOVEMENT_SMOOTH, "TYPE_BOOL"), (BROW_MOVEMENT, "TYPE_BOOL"),
-            (EX_VOL, "TYPE_BOOL"), (SEED, "TYPE_UINT64"),
-        ),
-    ]
-    return "\n".join([
-        f'name: "{A2E_OFFLINE_MODEL}"',
-        'backend: "python"',
-        "max_batch_size: 0",
-        *tensor_block("input", inputs),
-        *tensor_block("output", [tensor(BLENDSHAPES, "TYPE_FP32", f"-1, {NUM_BLENDSHAPES}")]),
-        f"instance_group [ {{ count: {settings.offline_instances} kind: KIND_CPU }} ]",
-        parameter("max_audio_seconds", settings.max_audio_seconds),
-        parameter(WEIGHTS_PARAMETER, settings.weights_description()),
-        "",
-    ])
+def _stream_base() -> ModelConfig:
+    config = python_model(
+        A2E_STREAM_MODEL,
+        inputs=[
+            input_tensor(AUDIO, FP32, [-1], allow_ragged_batch=True),
+            *optional_scalars((ID_IDX, INT32), (MOVEMENT_SMOOTH, BOOL), (BROW_MOVEMENT, BOOL), (SEED, UINT64)),
+        ],
+        outputs=[
+            output_tensor(BLENDSHAPES, FP32, [-1, NUM_BLENDSHAPES]),
+            output_tensor(FIRST_FRAME_INDEX, INT64, [1]),
+            output_tensor(CHUNK_INDEX, INT64, [1]),
+        ],
+    )
+    add_sequence_controls(config)
+    # one instance: a sequence's state lives in exactly one stub process
+    set_instances(config, 1)
+    return config
 
 
-def _export_network(settings: "BuildSettings", version_dir: Path) -> Path:
+def _stream_overlay(config: ModelConfig, settings: BuildSettings) -> None:
+    set_oldest_sequence_batching(config, max_batch=settings.stream_max_batch, idle_us=int(settings.stream_idle_timeout_s * 1_000_000),
+                                 candidate_sequences=settings.stream_candidate_sequences, queue_delay_us=settings.stream_queue_delay_us)
+    set_weights(config, settings.weights_description())
+
+
+def _offline_base() -> ModelConfig:
+    return python_model(
+        A2E_OFFLINE_MODEL,
+        inputs=[
+            input_tensor(AUDIO, FP32, [-1], optional=True),
+            *optional_scalars((AUDIO_BYTES, STRING), (ID_IDX, INT32), (MOVEMENT_SMOOTH, BOOL), (BROW_MOVEMENT, BOOL),
+                              (EX_VOL, BOOL), (SEED, UINT64)),
+        ],
+        outputs=[output_tensor(BLENDSHAPES, FP32, [-1, NUM_BLENDSHAPES])],
+    )
+
+
+def _offline_overlay(config: ModelConfig, settings: BuildSettings) -> None:
+    set_instances(config, settings.offline_instances)
+    set_parameters(config, max_audio_seconds=settings.max_audio_seconds)
+    set_weights(config, settings.weights_description())
+
+
+CONFIGS: dict[str, ConfigRecipe] = {
+    A2E_NETWORK_MODEL: network_recipe(A2E_NETWORK_MODEL, _network_spec, _network_overlay),
+    A2E_STREAM_MODEL: ConfigRecipe(_stream_base, _stream_overlay),
+    A2E_OFFLINE_MODEL: ConfigRecipe(_offline_base, _offline_overlay),
+}
+
+
+def _config_text(model: str, settings: BuildSettings) -> str:
+    from export.model_config import read_committed
+
+    return to_text(CONFIGS[model].over(read_committed(model), settings))
+
+
+def network_config(settings: BuildSettings) -> str:
+    return _config_text(A2E_NETWORK_MODEL, settings)
+
+
+def stream_config(settings: BuildSettings) -> str:
+    return _config_text(A2E_STREAM_MODEL, settings)
+
+
+def offline_config(settings: BuildSettings) -> str:
+    return _config_text(A2E_OFFLINE_MODEL, settings)
+
+
+def _export_network(settings: BuildSettings, version_dir: Path) -> Path:
     from emoserve.lam_a2e.network import build_network, load_official_checkpoint
     from export.onnx_export import export_onnx
 
@@ -239,12 +258,12 @@ def _export_network(settings: "BuildSettings", version_dir: Path) -> Path:
         network = load_official_checkpoint(settings.checkpoint, settings.profile)
     else:
         network = build_network(settings.profile, seed=settings.seed)
-    spec = A2ENetworkSpec(max_batch=settings.network_max_batch)
-    export_onnx(network, spec, onnx_path)
+    export_onnx(network, _network_spec(settings), onnx_path)
     return onnx_path
 
 
-def build_lam_a2e(out: Path, settings: "BuildSettings") -> dict[str, str]:
+def build_lam_a2e(out: Path, settings: BuildSettings) -> None:
+    """Export the network (and its plan); the configs come from :data:`CONFIGS`."""
     version_dir = out / A2E_NETWORK_MODEL / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = _export_network(settings, version_dir)
@@ -255,10 +274,5 @@ def build_lam_a2e(out: Path, settings: "BuildSettings") -> dict[str, str]:
             from export.tensorrt import build_a2e_plan
 
             build_a2e_plan(onnx_path, version_dir / "model.plan", max_batch=settings.network_max_batch)
-    return {
-        A2E_NETWORK_MODEL: network_config(settings),
-        A2E_STREAM_MODEL: stream_config(settings),
-        A2E_OFFLINE_MODEL: offline_config(settings),
-    }
 
 

@@ -8,8 +8,9 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ _LOG = logging.getLogger(__name__)
 # and a sample count whose frame count (ceil(20000 * 30 / 16000) = 38) is not an exact division,
 # exercising the ceil in the graph.  Each spec names its own trace shape
 # (``spec.get_export_sample_shape()``); validation should use other shapes.
-_EXPORTER_VERSION = 1
+# 2: graph outputs carry the static dims the spec knows (the tracer left some symbolic), so a graph, its spec and the
+# Triton config built from the spec agree
+_EXPORTER_VERSION = 2
 
 
 def _state_dict_digest(network: nn.Module) -> str:
@@ -109,8 +112,11 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
+        model = onnx.load(str(tmp_path), load_external_data=False)
+        if _stamp_static_output_dims(model, spec):
+            onnx.save(model, str(tmp_path))
         onnx.checker.check_model(str(tmp_path))
-        _check_io(onnx.load(str(tmp_path), load_external_data=False), spec)
+        _check_io(model, spec)
         os.replace(tmp_path, out_path)
     finally:
         if tmp_path.exists():
@@ -132,6 +138,32 @@ def export_onnx(
     )
     _LOG.info("exported %s in %.1f s", out_path, elapsed)
     return out_path
+
+
+def _stamp_static_output_dims(model: Any, spec: BaseNetworkSpec) -> bool:
+    """Give graph outputs the sizes of the axes the spec does not call dynamic. Shape inference behind dynamic
+    inputs leaves some of them symbolic (even named after another axis); the spec knows them. Returns whether
+    anything changed; raises if the graph contradicts the spec."""
+    shape = spec.get_export_sample_shape()
+    expected = spec.get_output_shapes(*shape)
+    if expected is None:
+        return False
+    dynamic = spec.get_dynamic_axes()
+    changed = False
+    for value, sizes in zip(model.graph.output, expected, strict=True):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(sizes):
+            raise RuntimeError(f"{value.name}: exported rank {len(dims)}, the spec says {len(sizes)} for sample {shape}")
+        for axis, (dim, size) in enumerate(zip(dims, sizes)):
+            if axis in dynamic.get(value.name, {}):
+                continue
+            if dim.HasField("dim_value"):
+                if dim.dim_value != size:
+                    raise RuntimeError(f"{value.name} axis {axis}: exported {dim.dim_value}, the spec says {size}")
+            else:
+                dim.dim_value = size  # replaces the oneof's dim_param
+                changed = True
+    return changed
 
 
 def _check_io(model: Any, spec: BaseNetworkSpec) -> None:

@@ -1,7 +1,7 @@
 """TensorRT plan for the A2E network (GPU target), built from the same spec as the ONNX export.
 
 The optimisation profile (min/opt/max for batch and samples) comes from
-:meth:`export.spec.A2ENetworkSpec.get_input_profile`, so the exported graph, the plan and the Triton
+:meth:`export.lam_a2e.A2ENetworkSpec.get_input_profile`, so the exported graph, the plan and the Triton
 config's ``max_batch_size`` agree. Building needs the ``tensorrt`` package and a GPU, i.e. the NGC
 container or a GPU host; :func:`validate_plan` compares the plan with onnxruntime at shapes other
 than the profile's ``opt`` (as Polygraphy's ``run --onnxrt --trt`` does).
