@@ -6,8 +6,8 @@ COPY pyproject.toml README.md ./
 COPY emoserve emoserve
 COPY export export
 COPY frontend frontend
-# the LLM model runs torch + transformers inside the python backend (CUDA build from PyPI on the GPU host)
-RUN pip install --no-cache-dir --no-deps . && pip install --no-cache-dir "numpy<2" scipy soundfile av "onnxruntime>=1.17" \
-    torch "transformers>=4.45" safetensors accelerate "mediapipe==0.10.21"
+# the core dependencies and the `models` extra; the LLM model runs torch + transformers inside the python backend,
+# and the extra leaves torch unpinned so pip takes the CUDA build PyPI offers for this image's Python
+RUN pip install --no-cache-dir ".[models]"
 EXPOSE 8000 8001 8002
 CMD ["tritonserver", "--model-repository=/models", "--allow-gpu-metrics=true"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from stack.triton_server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, TritonServer, TritonServerOptions
 
-log = logging.getLogger("emoserve.stack")
+log = logging.getLogger("stack")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="REST bind address")
     parser.add_argument("--port", type=int, default=8080, help="REST port")
-    parser.add_argument("--config-file", type=Path, default=None, help="settings file (EMOSERVE_* keys, .env syntax)")
+    parser.add_argument("--config-file", type=Path, default=None,
+                        help="settings file (.env syntax: EMOSERVE_API_KEY, EMOSERVE_HALLO2__DATABASE_URL ...)")
     parser.add_argument("--weight", type=Path, default=None, help="official LAM-A2E checkpoint; rebuilds the repository")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.add_argument("--triton-url", default=None, help="use this Triton gRPC address instead of starting one")

@@ -36,7 +36,7 @@ class FrontendProcess:
         self.log_path = Path(log_path)
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 90.0, wait_healthy: bool = True) -> "FrontendProcess":
+    def start(self, timeout_s: float = 90.0, wait_healthy: bool = True) -> FrontendProcess:
         import httpx
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Start the real ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel on a CPU-only machine.
 
 The wheel ships the server binary, the python backend and a python-backend stub per CPython
-version. Three traps shape this module (see ``shared/notes/triton-on-cpu.md``):
+version. Three traps shape this module:
 
 * the stub links ``libpython3.X.so``; the system's copy may be another patch release than the venv's
   interpreter, so the base interpreter's LIBDIR must come first on ``LD_LIBRARY_PATH``;
@@ -145,7 +145,7 @@ class TritonServer:
             *opts.extra_args,
         ]
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         if not Path(self.options.model_repository).is_dir():
             raise TritonLaunchError(f"model repository {self.options.model_repository} does not exist; build it first (make repo)")
         log_file = open(self.log_path, "ab")
@@ -212,7 +212,7 @@ class TritonServer:
             process.wait(timeout=10)
             _remove_shm_regions(self.shm_prefix)
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     options = TritonServerOptions(args.model_repository, args.http_port, args.grpc_port, args.metrics_port, args.host, args.log_verbose)
     server = TritonServer(options)
     with server:
-        log.info("tritonserver ready: http=%s grpc=%s metrics=%s log=%s", server.http_url, server.grpc_url, server.metrics_url, server.log_path)
+        log.info(
+            "tritonserver ready: http=%s grpc=%s metrics=%s log=%s", server.http_url, server.grpc_url, server.metrics_url, server.log_path
+        )
         try:
             while server.process is not None and server.process.poll() is None:
                 time.sleep(0.5)

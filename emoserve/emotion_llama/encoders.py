@@ -579,6 +579,37 @@ def load_emotion_llama_projections(
     if any, are loaded into the ViT (upstream's ``strict=False`` load would do the same).  LLM keys
     (``llama_model.*``, LoRA) are left for the LLM loader; other keys are ignored with a warning.
     """
+    sd, where, digest = _read_emotion_llama_checkpoint(ckpt, weights_only)
+
+    def part(prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+        return {k: v for k, v in sd.items() if k.split(".", 1)[0] in prefixes}
+
+    vision_sd = part(_VISION_PROJECTIONS)
+    audio_sd = part(_AUDIO_PROJECTIONS)
+    _check_projections(vision, audio, vision_sd, audio_sd, where)
+
+    ln_sd = {k[len("ln_vision."):]: v for k, v in sd.items() if k.startswith("ln_vision.")}
+    vit_sd = {k[len("visual_encoder."):]: v for k, v in sd.items() if k.startswith("visual_encoder.")}
+    known = set(vision_sd) | set(audio_sd) | {f"ln_vision.{k}" for k in ln_sd} | {f"visual_encoder.{k}" for k in vit_sd}
+    other = sorted(k for k in sd if k not in known and not k.startswith("llama_model."))
+    if other:
+        _LOG.warning("Emotion-LLaMA checkpoint %s: ignoring %d unknown key(s): %s", where, len(other), preview(other))
+
+    with torch.no_grad():
+        for target, sub in ((vision, vision_sd), (audio, audio_sd)):
+            params = dict(target.named_parameters())
+            for k, v in sub.items():
+                params[k].copy_(v.to(params[k].dtype))
+        _load_vision_extras(vision, ln_sd, vit_sd, where)
+    _record_checkpoint(vision, "emotion_llama", digest)
+    _record_checkpoint(audio, "emotion_llama", digest)
+    return vision, audio
+
+
+def _read_emotion_llama_checkpoint(
+    ckpt: str | Path | Mapping[str, Any], weights_only: bool | None
+) -> tuple[dict[str, Tensor], str, str | None]:
+    """``(state dict without "module." prefixes, where, file sha256 or None)`` of a checkpoint or a dict."""
     digest = None
     if isinstance(ckpt, Mapping):
         raw = ckpt
@@ -592,13 +623,17 @@ def load_emotion_llama_projections(
         raw = raw["model"]
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where}: expected a dict with a 'model' state dict, got {type(raw).__name__}")
-    sd = {(k.removeprefix("module.")): v for k, v in raw.items()}
+    return {(k.removeprefix("module.")): v for k, v in raw.items()}, where, digest
 
-    def part(prefixes: tuple[str, ...]) -> dict[str, Tensor]:
-        return {k: v for k, v in sd.items() if k.split(".", 1)[0] in prefixes}
 
-    vision_sd = part(_VISION_PROJECTIONS)
-    audio_sd = part(_AUDIO_PROJECTIONS)
+def _check_projections(
+    vision: VisionEncoder,
+    audio: AudioFeatureEncoder,
+    vision_sd: dict[str, Tensor],
+    audio_sd: dict[str, Tensor],
+    where: str,
+) -> None:
+    """Exactly the projections' weight and bias keys, each with the model's shape (``ValueError`` otherwise)."""
     required_v = {f"{m}.{t}" for m in _VISION_PROJECTIONS for t in ("weight", "bias")}
     required_a = {f"{m}.{t}" for m in _AUDIO_PROJECTIONS for t in ("weight", "bias")}
     missing = sorted((required_v - set(vision_sd)) | (required_a - set(audio_sd)))
@@ -621,29 +656,17 @@ def load_emotion_llama_projections(
                 f"(LLM hidden size of the model is {target.llm_hidden}): {preview(bad)}"
             )
 
-    ln_sd = {k[len("ln_vision."):]: v for k, v in sd.items() if k.startswith("ln_vision.")}
-    vit_sd = {k[len("visual_encoder."):]: v for k, v in sd.items() if k.startswith("visual_encoder.")}
-    known = set(vision_sd) | set(audio_sd) | {f"ln_vision.{k}" for k in ln_sd} | {f"visual_encoder.{k}" for k in vit_sd}
-    other = sorted(k for k in sd if k not in known and not k.startswith("llama_model."))
-    if other:
-        _LOG.warning("Emotion-LLaMA checkpoint %s: ignoring %d unknown key(s): %s", where, len(other), preview(other))
 
-    with torch.no_grad():
-        for target, sub in ((vision, vision_sd), (audio, audio_sd)):
-            params = dict(target.named_parameters())
-            for k, v in sub.items():
-                params[k].copy_(v.to(params[k].dtype))
-        if ln_sd:
-            check_and_load(vision.ln_vision, ln_sd, f"Emotion-LLaMA checkpoint {where} (ln_vision)")
-        else:
-            nn.init.ones_(vision.ln_vision.weight)
-            nn.init.zeros_(vision.ln_vision.bias)
-        if vit_sd:
-            exp = vision.visual_encoder.state_dict()
-            bad = sorted(k for k in vit_sd if k not in exp or tuple(exp[k].shape) != tuple(vit_sd[k].shape))
-            if bad:
-                raise ValueError(f"Emotion-LLaMA checkpoint {where}: bad visual_encoder key(s) {preview(bad)}")
-            vision.visual_encoder.load_state_dict({**exp, **vit_sd}, strict=True)
-    _record_checkpoint(vision, "emotion_llama", digest)
-    _record_checkpoint(audio, "emotion_llama", digest)
-    return vision, audio
+def _load_vision_extras(vision: VisionEncoder, ln_sd: dict[str, Tensor], vit_sd: dict[str, Tensor], where: str) -> None:
+    """``ln_vision`` from the checkpoint or reset to identity; ``visual_encoder`` keys, if any, into the ViT."""
+    if ln_sd:
+        check_and_load(vision.ln_vision, ln_sd, f"Emotion-LLaMA checkpoint {where} (ln_vision)")
+    else:
+        nn.init.ones_(vision.ln_vision.weight)
+        nn.init.zeros_(vision.ln_vision.bias)
+    if vit_sd:
+        exp = vision.visual_encoder.state_dict()
+        bad = sorted(k for k in vit_sd if k not in exp or tuple(exp[k].shape) != tuple(vit_sd[k].shape))
+        if bad:
+            raise ValueError(f"Emotion-LLaMA checkpoint {where}: bad visual_encoder key(s) {preview(bad)}")
+        vision.visual_encoder.load_state_dict({**exp, **vit_sd}, strict=True)

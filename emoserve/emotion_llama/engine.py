@@ -8,13 +8,14 @@ use the same engine in-process as the reference that Triton's output must equal 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.generation import SamplingParams, emotion_confidence, generate_batch
 from emoserve.emotion_llama.llm import embed_prompt, load_llm
 from emoserve.emotion_llama.prompts import EMOTION_LABELS, build_prompt, parse_emotion_label, parse_task, validate_question
@@ -68,7 +69,7 @@ def _label_prefix_text(answer: str) -> str | None:
 
 
 class EmotionLlamaEngine:
-    def __init__(self, folder: str | Path, max_question_chars: int = 2000, device: str = "cpu"):
+    def __init__(self, folder: str | Path, max_question_chars: int = EMOTION_LLAMA.max_prompt_chars, device: str = "cpu"):
         self.model, self.tokenizer, self.family = load_llm(folder)
         self.model.to(device)
         self.device = device

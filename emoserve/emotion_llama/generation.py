@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.prompts import EMOTION_LABELS
 
 FINISH_EOS = "eos"
@@ -32,10 +33,10 @@ FINISH_CANCELLED = "cancelled"
 class SamplingParams:
     """Per-request decoding settings (defaults = upstream demo: app.py / conversation.Chat)."""
 
-    temperature: float = 0.2
-    top_p: float = 0.9
-    repetition_penalty: float = 1.05
-    max_new_tokens: int = 500
+    temperature: float = EMOTION_LLAMA.temperature
+    top_p: float = EMOTION_LLAMA.top_p
+    repetition_penalty: float = EMOTION_LLAMA.repetition_penalty
+    max_new_tokens: int = EMOTION_LLAMA.max_new_tokens
     seed: int | None = None
     top_k: int = 50  # HF GenerationConfig default, in effect upstream; 0 disables
     min_new_tokens: int = 1  # upstream min_length=1: EOS cannot be the first token
@@ -175,67 +176,23 @@ def generate_batch(
         return []
     table = model.get_input_embeddings()
     device, dtype = table.weight.device, table.weight.dtype
-    hidden = table.weight.shape[1]
-    for i, emb in enumerate(prompts_embeds):
-        if emb.ndim != 2 or emb.shape[1] != hidden or emb.shape[0] == 0:
-            raise ValueError(f"prompt {i}: embeddings must be [L>0, {hidden}], got {tuple(emb.shape)}")
+    _check_prompt_shapes(prompts_embeds, hidden=table.weight.shape[1])
 
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, eos_ids)
     batch = len(prompts_embeds)
-    lengths = [int(e.shape[0]) for e in prompts_embeds]
-    width = max(lengths)
-
-    inputs = torch.zeros(batch, width, hidden, dtype=dtype, device=device)
-    mask = torch.zeros(batch, width, dtype=torch.long, device=device)
-    for i, emb in enumerate(prompts_embeds):
-        inputs[i, width - lengths[i]:] = emb.to(device=device, dtype=dtype)
-        mask[i, width - lengths[i]:] = 1
+    inputs, mask = _left_padded(prompts_embeds, dtype, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    next_position = torch.tensor(lengths, dtype=torch.long, device=device)
-
-    generators = []
-    for p in params:
-        if p.greedy:
-            generators.append(None)
-        else:
-            g = torch.Generator(device="cpu")
-            if p.seed is None:
-                g.seed()
-            else:
-                g.manual_seed(p.seed)
-            generators.append(g)
-
-    detoks = [IncrementalDetokenizer(tokenizer) for _ in range(batch)]
-    history: list[list[int]] = [[] for _ in range(batch)]
-    logprobs: list[list[float]] = [[] for _ in range(batch)]
-    finish: list[str | None] = [None] * batch
+    next_position = torch.tensor([int(e.shape[0]) for e in prompts_embeds], dtype=torch.long, device=device)
+    states = [_RequestState(p, _request_generator(p), IncrementalDetokenizer(tokenizer)) for p in params]
 
     out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     logits = out.logits[:, -1, :].float().cpu()
 
     while True:
-        step_tokens = []
-        for i in range(batch):
-            if finish[i] is None and should_stop is not None and should_stop(i):
-                finish[i] = FINISH_CANCELLED
-            if finish[i] is not None:
-                step_tokens.append(pad_id)
-                continue
-            token = _choose(logits[i], params[i], history[i], eos_ids, generators[i])
-            step_tokens.append(token)
-            if token in eos_ids:
-                finish[i] = FINISH_EOS
-                continue
-            history[i].append(token)
-            logprobs[i].append(float(torch.log_softmax(logits[i], -1)[token]))
-            delta = detoks[i].push(token)
-            if on_token is not None:
-                on_token(i, token, delta)
-            if len(history[i]) >= params[i].max_new_tokens:
-                finish[i] = FINISH_LENGTH
-        if all(f is not None for f in finish):
+        step_tokens = _advance_requests(states, logits, eos_ids, pad_id, on_token, should_stop)
+        if all(state.finish is not None for state in states):
             break
         ids = torch.tensor(step_tokens, dtype=torch.long, device=device)
         mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
@@ -250,10 +207,86 @@ def generate_batch(
         next_position = next_position + 1
         logits = out.logits[:, -1, :].float().cpu()
 
-    return [
-        GenerationResult(tuple(history[i]), detoks[i].text, finish[i], tuple(logprobs[i]))  # type: ignore[arg-type]
-        for i in range(batch)
-    ]
+    return [state.result() for state in states]
+
+
+@dataclass
+class _RequestState:
+    """One request's decoding state inside :func:`generate_batch`."""
+
+    params: SamplingParams
+    generator: torch.Generator | None  # None for greedy requests
+    detokenizer: IncrementalDetokenizer
+    history: list[int] = field(default_factory=list)  # generated tokens (repetition-penalty history)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str | None = None
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(tuple(self.history), self.detokenizer.text, self.finish, tuple(self.logprobs))  # type: ignore[arg-type]
+
+
+def _check_prompt_shapes(prompts_embeds: list[torch.Tensor], hidden: int) -> None:
+    for i, emb in enumerate(prompts_embeds):
+        if emb.ndim != 2 or emb.shape[1] != hidden or emb.shape[0] == 0:
+            raise ValueError(f"prompt {i}: embeddings must be [L>0, {hidden}], got {tuple(emb.shape)}")
+
+
+def _left_padded(
+    prompts_embeds: list[torch.Tensor], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, W, hidden]`` inputs left-padded with zeros and their ``[B, W]`` attention mask (W the longest)."""
+    lengths = [int(e.shape[0]) for e in prompts_embeds]
+    width = max(lengths)
+    hidden = prompts_embeds[0].shape[1]
+    inputs = torch.zeros(len(prompts_embeds), width, hidden, dtype=dtype, device=device)
+    mask = torch.zeros(len(prompts_embeds), width, dtype=torch.long, device=device)
+    for i, emb in enumerate(prompts_embeds):
+        inputs[i, width - lengths[i]:] = emb.to(device=device, dtype=dtype)
+        mask[i, width - lengths[i]:] = 1
+    return inputs, mask
+
+
+def _request_generator(params: SamplingParams) -> torch.Generator | None:
+    """A CPU generator seeded with ``params.seed`` (fresh entropy without one); None for greedy decoding."""
+    if params.greedy:
+        return None
+    generator = torch.Generator(device="cpu")
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    return generator
+
+
+def _advance_requests(
+    states: list[_RequestState],
+    logits: torch.Tensor,
+    eos_ids: set[int],
+    pad_id: int,
+    on_token: Callable[[int, int, str], None] | None,
+    should_stop: Callable[[int], bool] | None,
+) -> list[int]:
+    """One decoding step: each request's next token from its ``logits`` row (``pad_id`` once finished)."""
+    step_tokens = []
+    for i, state in enumerate(states):
+        if state.finish is None and should_stop is not None and should_stop(i):
+            state.finish = FINISH_CANCELLED
+        if state.finish is not None:
+            step_tokens.append(pad_id)
+            continue
+        token = _choose(logits[i], state.params, state.history, eos_ids, state.generator)
+        step_tokens.append(token)
+        if token in eos_ids:
+            state.finish = FINISH_EOS
+            continue
+        state.history.append(token)
+        state.logprobs.append(float(torch.log_softmax(logits[i], -1)[token]))
+        delta = state.detokenizer.push(token)
+        if on_token is not None:
+            on_token(i, token, delta)
+        if len(state.history) >= state.params.max_new_tokens:
+            state.finish = FINISH_LENGTH
+    return step_tokens
 
 
 def label_token_ids(

@@ -37,7 +37,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Emotion-LLaMA LoRA hyper-parameters (minigpt4/configs/models/minigpt_v2.yaml, eval_configs/*.yaml).
 EMOTION_LLAMA_LORA_R = 64
 EMOTION_LLAMA_LORA_ALPHA = 16
-EMOTION_LLAMA_LORA_TARGETS = ("q_proj", "v_proj")
 #: Upstream ``init_llm`` sets this pad token on the Llama tokenizer.
 EMOTION_LLAMA_PAD_TOKEN = "$$"
 

@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from emoserve.hallo2.audio_windows import FPS, SAMPLE_RATE, audio_frames
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
 from emoserve.nn.checkpoints import (
-    state_dict_source,
     check_and_load,
     preview,
     record_checkpoint,
+    state_dict_source,
 )
 from emoserve.nn.wav2vec2 import (
     Wav2Vec2Config,

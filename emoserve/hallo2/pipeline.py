@@ -32,6 +32,7 @@ upstream run with the same seed; runs here are reproducible for a seed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -42,6 +43,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from emoserve.hallo2.defaults import HALLO2
 from emoserve.hallo2.faces import (
     FACE_EXPAND_RATIO,
     FaceAnalyzer,
@@ -130,8 +132,8 @@ class Hallo2Networks(Protocol):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    steps: int = 40
-    guidance_scale: float = 3.5
+    steps: int = HALLO2.inference_steps
+    guidance_scale: float = HALLO2.guidance_scale
     seed: int = 42
     fps: int = 25
     use_cache: bool = True
@@ -350,11 +352,7 @@ class Hallo2Pipeline:
         p = self.profile
         settings.validate(p)
         report = progress or (lambda _pct, _msg: None)
-        is_cancelled = cancelled or (lambda: False)
-
-        def check() -> None:
-            if is_cancelled():
-                raise PipelineCancelled("generation cancelled")
+        check = _cancellation_check(cancelled)
 
         check()
         report(0.0, "preparing image")
@@ -364,87 +362,45 @@ class Hallo2Pipeline:
         prepared_audio = self.prepare_audio(audio, settings)
         check()
 
-        F, M, size, lat = p.clip_frames, p.motion_frames, p.image_size, p.latent_size
+        F = p.clip_frames
         windows = audio_windows(prepared_audio.features, radius=p.audio_window // 2)
         n_clips = windows.shape[0] // F
         steps = int(settings.steps)
-        cfg = settings.guidance_scale > 1.0
-        B = 2 if cfg else 1
         scheduler = DDIMScheduler()
         timesteps = scheduler.set_timesteps(steps)
         rng = np.random.Generator(np.random.PCG64(int(settings.seed)))
+        shared = self._clip_inputs(image, cfg=settings.guidance_scale > 1.0)
+        tracker = _ClipProgress(report, n_clips, steps)
 
-        tokens = image.image_tokens if cfg else image.image_tokens[1:]
-        face_feats = (
-            np.concatenate([np.zeros_like(image.face_features), image.face_features]) if cfg else image.face_features
-        )
-        masks = {
-            name: [np.ascontiguousarray(np.tile(m[None], (B * F, 1))) for m in getattr(image.masks, name)]
-            for name in ("full_mask", "face_mask", "lip_mask")
-        }
-        ref_tokens = np.ascontiguousarray(np.tile(tokens, (1 + M, 1, 1)))  # upstream .repeat(1 + M, 1, 1)
-        keep_face = image.masks.face_region > 0  # upstream face_mask.bool()
-
-        total_units = n_clips * (steps + 1)
-        done = 0
         outputs: list[np.ndarray] = []
         previous: np.ndarray | None = None  # float [F, 3, H, W] in [-1, 1]
         for clip in range(n_clips):
             check()
-            if previous is None:
-                motion = np.repeat(image.pixels, M, axis=0)
-            else:
-                motion = previous[-M:].copy()
-            if settings.motion_mask_rate > 0:
-                keep = (rng.random((size, size)) > settings.motion_mask_rate) | keep_face
-                motion = motion * keep[None, None].astype(np.float32)
-            motion_latents = np.asarray(self.networks.encode_image(np.ascontiguousarray(motion, np.float32)), np.float32)
-            ref_latents = np.concatenate([image.ref_latent, motion_latents], axis=0)  # [1 + M, 4, h, w]
-            ref_batch = np.ascontiguousarray(np.tile(ref_latents, (B, 1, 1, 1)))
-            ref_feats = self.networks.reference(ref_batch, np.zeros(ref_batch.shape[0], np.int64), ref_tokens)
-
-            clip_windows = windows[clip * F : (clip + 1) * F][None]
-            audio_tok = np.asarray(self.networks.audio_tokens(np.ascontiguousarray(clip_windows)), np.float32)
-            audio_in = np.concatenate([np.zeros_like(audio_tok), audio_tok]) if cfg else audio_tok
-
-            latents = rng.standard_normal((1, p.latent_channels, F, lat, lat), dtype=np.float32)
-            latents = latents * np.float32(scheduler.init_noise_sigma)
-            for i, t in enumerate(timesteps):
-                check()
-                model_in = scheduler.scale_model_input(np.concatenate([latents] * B) if cfg else latents, int(t))
-                out = np.asarray(
-                    self.networks.denoise(
-                        np.ascontiguousarray(model_in),
-                        np.full((B,), int(t), np.int64),
-                        tokens,
-                        audio_in,
-                        face_feats,
-                        masks,
-                        ref_feats,
-                    ),
-                    np.float32,
-                )
-                if cfg:
-                    uncond, cond = out[:1], out[1:]
-                    out = uncond + np.float32(settings.guidance_scale) * (cond - uncond)
-                latents = scheduler.step(out, int(t), latents)
-                done += 1
-                report(100.0 * done / total_units, f"clip {clip + 1}/{n_clips} step {i + 1}/{steps}")
-
+            # rng draw order (upstream's): the clip's motion mask, then its initial latents
+            motion = self._motion_pixels(image, previous, shared.keep_face, settings.motion_mask_rate, rng)
+            ref_feats = self._reference_features(image, motion, shared)
+            audio_in = self._clip_audio_tokens(windows[clip * F : (clip + 1) * F], shared.cfg)
+            latents = self._denoise_clip(
+                rng,
+                scheduler,
+                timesteps,
+                shared,
+                audio_in,
+                ref_feats,
+                settings.guidance_scale,
+                check,
+                on_step=functools.partial(tracker.step_done, clip),
+            )
             check()
-            frame_latents = np.ascontiguousarray(latents[0].transpose(1, 0, 2, 3))  # [F, 4, h, w]
-            decoded = np.asarray(self.networks.decode(frame_latents), np.float32)  # [F, 3, H, W]
-            video01 = np.clip(decoded / 2 + 0.5, 0.0, 1.0)
+            video01 = self._decode_clip(latents)
             previous = video01 * 2.0 - 1.0
             outputs.append(video01)
-            done += 1
-            report(100.0 * done / total_units, f"clip {clip + 1}/{n_clips} decoded")
+            tracker.clip_decoded(clip)
 
-        video = np.concatenate(outputs, axis=0)[: prepared_audio.num_frames]
-        frames = np.clip(video * 255, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)  # upstream truncates
+        frames = _to_uint8_frames(outputs, prepared_audio.num_frames)
         report(100.0, "done")
         return GeneratedVideo(
-            frames=np.ascontiguousarray(frames),
+            frames=frames,
             fps=p.fps,
             info={
                 "clips": n_clips,
@@ -456,3 +412,147 @@ class Hallo2Pipeline:
                 "face_box": image.face_box,
             },
         )
+
+    def _clip_inputs(self, image: PreparedImage, cfg: bool) -> _ClipInputs:
+        """The per-request inputs every clip shares, batched ``[uncond, cond]`` when ``cfg``."""
+        batch = 2 if cfg else 1
+        rows = batch * self.profile.clip_frames
+        tokens = image.image_tokens if cfg else image.image_tokens[1:]
+        face_feats = (
+            np.concatenate([np.zeros_like(image.face_features), image.face_features]) if cfg else image.face_features
+        )
+        masks = {
+            name: [np.ascontiguousarray(np.tile(m[None], (rows, 1))) for m in getattr(image.masks, name)]
+            for name in ("full_mask", "face_mask", "lip_mask")
+        }
+        ref_tokens = np.ascontiguousarray(np.tile(tokens, (1 + self.profile.motion_frames, 1, 1)))  # upstream .repeat(1 + M, 1, 1)
+        keep_face = image.masks.face_region > 0  # upstream face_mask.bool()
+        return _ClipInputs(cfg, batch, tokens, face_feats, masks, ref_tokens, keep_face)
+
+    def _motion_pixels(
+        self,
+        image: PreparedImage,
+        previous: np.ndarray | None,
+        keep_face: np.ndarray,
+        mask_rate: float,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """The clip's motion frames: the reference image (first clip) or the previous clip's last frames,
+        zeroed where ``rand(H, W) <= mask_rate`` outside the face (ONE draw per clip when ``mask_rate > 0``)."""
+        M, size = self.profile.motion_frames, self.profile.image_size
+        if previous is None:
+            motion = np.repeat(image.pixels, M, axis=0)
+        else:
+            motion = previous[-M:].copy()
+        if mask_rate > 0:
+            keep = (rng.random((size, size)) > mask_rate) | keep_face
+            motion = motion * keep[None, None].astype(np.float32)
+        return motion
+
+    def _reference_features(self, image: PreparedImage, motion: np.ndarray, shared: _ClipInputs) -> list:
+        """VAE-encode the motion frames and run the reference UNet once on ``[ref, motion...]`` per branch."""
+        motion_latents = np.asarray(self.networks.encode_image(np.ascontiguousarray(motion, np.float32)), np.float32)
+        ref_latents = np.concatenate([image.ref_latent, motion_latents], axis=0)  # [1 + M, 4, h, w]
+        ref_batch = np.ascontiguousarray(np.tile(ref_latents, (shared.batch, 1, 1, 1)))
+        return self.networks.reference(ref_batch, np.zeros(ref_batch.shape[0], np.int64), shared.ref_tokens)
+
+    def _clip_audio_tokens(self, clip_windows: np.ndarray, cfg: bool) -> np.ndarray:
+        """Audio tokens of the clip's ``[F, 5, L, D]`` windows, with zero tokens for the uncond branch."""
+        audio_tok = np.asarray(self.networks.audio_tokens(np.ascontiguousarray(clip_windows[None])), np.float32)
+        return np.concatenate([np.zeros_like(audio_tok), audio_tok]) if cfg else audio_tok
+
+    def _denoise_clip(
+        self,
+        rng: np.random.Generator,
+        scheduler: DDIMScheduler,
+        timesteps: np.ndarray,
+        shared: _ClipInputs,
+        audio_in: np.ndarray,
+        ref_feats: list,
+        guidance_scale: float,
+        check: Callable[[], None],
+        on_step: Callable[[int], None],
+    ) -> np.ndarray:
+        """Draw the clip's initial latents ``randn [1, 4, F, h, w]`` and run DDIM (CFG when ``shared.cfg``)."""
+        p = self.profile
+        cfg, B = shared.cfg, shared.batch
+        latents = rng.standard_normal((1, p.latent_channels, p.clip_frames, p.latent_size, p.latent_size), dtype=np.float32)
+        latents = latents * np.float32(scheduler.init_noise_sigma)
+        for i, t in enumerate(timesteps):
+            check()
+            model_in = scheduler.scale_model_input(np.concatenate([latents] * B) if cfg else latents, int(t))
+            out = np.asarray(
+                self.networks.denoise(
+                    np.ascontiguousarray(model_in),
+                    np.full((B,), int(t), np.int64),
+                    shared.tokens,
+                    audio_in,
+                    shared.face_feats,
+                    shared.masks,
+                    ref_feats,
+                ),
+                np.float32,
+            )
+            if cfg:
+                uncond, cond = out[:1], out[1:]
+                out = uncond + np.float32(guidance_scale) * (cond - uncond)
+            latents = scheduler.step(out, int(t), latents)
+            on_step(i)
+        return latents
+
+    def _decode_clip(self, latents: np.ndarray) -> np.ndarray:
+        """``[1, 4, F, h, w]`` latents -> ``[F, 3, H, W]`` frames in [0, 1]."""
+        frame_latents = np.ascontiguousarray(latents[0].transpose(1, 0, 2, 3))  # [F, 4, h, w]
+        decoded = np.asarray(self.networks.decode(frame_latents), np.float32)  # [F, 3, H, W]
+        return np.clip(decoded / 2 + 0.5, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _ClipInputs:
+    """Per-request inputs shared by every clip; ``batch`` rows (2 = [uncond, cond] with CFG)."""
+
+    cfg: bool
+    batch: int
+    tokens: np.ndarray  # [batch, 4, C] image tokens
+    face_feats: np.ndarray  # [batch, C0, F, h, w]
+    masks: dict  # {"full_mask" | "face_mask" | "lip_mask": [[batch * F, s * s] per UNet resolution]}
+    ref_tokens: np.ndarray  # [batch * (1 + M), 4, C]: the image tokens tiled as upstream's repeat
+    keep_face: np.ndarray  # bool [H, W]: motion pixels never masked
+
+
+class _ClipProgress:
+    """Reports ``100 * done / total_units`` after each finished unit: a denoising step or a clip decode."""
+
+    def __init__(self, report: Callable[[float, str], None], n_clips: int, steps: int):
+        self.report = report
+        self.n_clips = n_clips
+        self.steps = steps
+        self.total_units = n_clips * (steps + 1)
+        self.done = 0
+
+    def step_done(self, clip: int, step: int) -> None:
+        self._advance(f"clip {clip + 1}/{self.n_clips} step {step + 1}/{self.steps}")
+
+    def clip_decoded(self, clip: int) -> None:
+        self._advance(f"clip {clip + 1}/{self.n_clips} decoded")
+
+    def _advance(self, message: str) -> None:
+        self.done += 1
+        self.report(100.0 * self.done / self.total_units, message)
+
+
+def _cancellation_check(cancelled: Callable[[], bool] | None) -> Callable[[], None]:
+    is_cancelled = cancelled or (lambda: False)
+
+    def check() -> None:
+        if is_cancelled():
+            raise PipelineCancelled("generation cancelled")
+
+    return check
+
+
+def _to_uint8_frames(clips: list[np.ndarray], num_frames: int) -> np.ndarray:
+    """Concatenate the clips' [0, 1] frames, trim to the audio's length, ``uint8 [N, H, W, 3]`` (upstream truncates)."""
+    video = np.concatenate(clips, axis=0)[:num_frames]
+    frames = np.clip(video * 255, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(frames)

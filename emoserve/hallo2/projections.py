@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from emoserve.hallo2.profile import Hallo2Profile, get_profile
 from emoserve.nn.checkpoints import (
-    state_dict_source,
     check_and_load,
     record_checkpoint,
+    state_dict_source,
 )
 
 __all__ = [

@@ -8,8 +8,8 @@ Batches larger than a model's ``max_batch_size`` are split, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -36,13 +36,15 @@ class ServedHallo2Networks:
         return self._one(names.HALLO2_VAE_DECODER_MODEL, {names.HALLO2_LATENTS: latents.astype(np.float32)}, names.HALLO2_PIXELS)
 
     def audio_features(self, audio: np.ndarray) -> np.ndarray:
-        return self._one(names.HALLO2_AUDIO_ENCODER_MODEL, {names.HALLO2_AUDIO: audio.astype(np.float32)[None]}, names.HALLO2_AUDIO_FEATURES)[0]
+        feeds = {names.HALLO2_AUDIO: audio.astype(np.float32)[None]}
+        return self._one(names.HALLO2_AUDIO_ENCODER_MODEL, feeds, names.HALLO2_AUDIO_FEATURES)[0]
 
     def audio_tokens(self, windows: np.ndarray) -> np.ndarray:
         return self._one(names.HALLO2_AUDIO_PROJ_MODEL, {names.HALLO2_AUDIO_WINDOWS: windows.astype(np.float32)}, names.HALLO2_AUDIO_TOKENS)
 
     def image_tokens(self, face_embedding: np.ndarray) -> np.ndarray:
-        return self._one(names.HALLO2_IMAGE_PROJ_MODEL, {names.HALLO2_FACE_EMBEDDING: face_embedding.astype(np.float32)}, names.HALLO2_IMAGE_TOKENS)
+        feeds = {names.HALLO2_FACE_EMBEDDING: face_embedding.astype(np.float32)}
+        return self._one(names.HALLO2_IMAGE_PROJ_MODEL, feeds, names.HALLO2_IMAGE_TOKENS)
 
     def face_features(self, mask: np.ndarray) -> np.ndarray:
         return self._one(names.HALLO2_FACE_LOCATOR_MODEL, {names.HALLO2_FACE_MASK: mask.astype(np.float32)}, names.HALLO2_FACE_FEATURES)

@@ -26,9 +26,10 @@ This module does not depend on ``transformers``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -371,7 +372,7 @@ def _calibration_audio(seconds: float = 3.0) -> Tensor:
 
 
 @torch.no_grad()
-def _calibrate_demo_output(net: "LamA2ENetwork") -> None:
+def _calibrate_demo_output(net: LamA2ENetwork) -> None:
     """Rescale the random output layer so demo blendshapes move with the audio.
 
     With default initialisation the pre-sigmoid activations of a random network have a tiny spread,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from emoserve.constants import NUM_BLENDSHAPES, NUM_IDENTITIES
 from emoserve.lam_a2e.postprocess import PostprocessOptions
 from emoserve.lam_a2e.streaming import StreamContext, finish_subchunk, new_stream_context, prepare_window, split_chunk
-from emoserve.constants import NUM_BLENDSHAPES, NUM_IDENTITIES
 
 RunNetwork = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

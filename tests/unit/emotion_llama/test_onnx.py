@@ -15,8 +15,8 @@ from emoserve.model_catalog import (
     IMAGE_TOKENS,
     PIXEL_VALUES,
 )
-from export.onnx_export import export_onnx, validate_onnx
 from export.emotion_llama import AudioEncoderSpec, VisionEncoderSpec
+from export.onnx_export import export_onnx, validate_onnx
 
 D = 64
 VISION_PARITY_SHAPES = [(1,), (3,)]

@@ -18,7 +18,6 @@ from emoserve.hallo2.audio_windows import audio_frames, audio_windows, window_in
 from emoserve.hallo2.profile import get_profile
 from emoserve.hallo2.projections import build_projections, load_projections
 from emoserve.hallo2.vae import build_vae, load_vae
-from export.onnx_export import export_onnx, validate_onnx
 from export.hallo2 import (
     AudioProjSpec,
     FaceLocatorSpec,
@@ -27,6 +26,7 @@ from export.hallo2 import (
     VaeDecoderSpec,
     VaeEncoderSpec,
 )
+from export.onnx_export import export_onnx, validate_onnx
 
 P = get_profile("tiny")
 

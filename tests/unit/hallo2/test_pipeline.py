@@ -196,7 +196,8 @@ class FakeAnalyzer:
             return None
         h, w = rgb.shape[:2]
         box = (0.3 * w, 0.25 * h, 0.7 * w, 0.75 * h)
-        kps = np.array([[0.4 * w, 0.4 * h], [0.6 * w, 0.4 * h], [0.5 * w, 0.5 * h], [0.5 * w, 0.65 * h], [0.3 * w, 0.45 * h], [0.7 * w, 0.45 * h]], np.float32)
+        kps = np.array([[0.4 * w, 0.4 * h], [0.6 * w, 0.4 * h], [0.5 * w, 0.5 * h],
+                        [0.5 * w, 0.65 * h], [0.3 * w, 0.45 * h], [0.7 * w, 0.45 * h]], np.float32)
         return FaceDetection(box, 0.9, kps)
 
     def landmarks(self, rgb):

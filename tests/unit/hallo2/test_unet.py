@@ -18,8 +18,8 @@ from emoserve.hallo2.unet import (
     mask_token_counts,
     reference_feature_layout,
 )
-from export.onnx_export import export_onnx, validate_onnx
 from export.hallo2 import DenoisingUNetSpec, ReferenceUNetSpec
+from export.onnx_export import export_onnx, validate_onnx
 
 P = get_profile("tiny")
 B, F = 2, 4

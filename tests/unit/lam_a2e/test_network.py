@@ -5,6 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from emoserve.constants import (
+    ARKIT_BLENDSHAPE_NAMES,
+    NUM_BLENDSHAPES,
+    NUM_IDENTITIES,
+    WINDOW_FRAMES,
+    WINDOW_SAMPLES,
+    num_output_frames,
+)
 from emoserve.lam_a2e.network import (
     PROFILES,
     LamA2ENetwork,
@@ -13,14 +21,6 @@ from emoserve.lam_a2e.network import (
     feature_extractor_output_length,
     load_official_checkpoint,
     min_input_samples,
-)
-from emoserve.constants import (
-    ARKIT_BLENDSHAPE_NAMES,
-    NUM_BLENDSHAPES,
-    NUM_IDENTITIES,
-    WINDOW_FRAMES,
-    WINDOW_SAMPLES,
-    num_output_frames,
 )
 
 

@@ -7,11 +7,11 @@ import json
 import onnx
 import pytest
 
-from emoserve.lam_a2e.network import build_network
 from emoserve.constants import WINDOW_SAMPLES
+from emoserve.lam_a2e.network import build_network
 from export.lam_a2e import A2E_EXPORT_SAMPLE_SHAPE as EXPORT_SAMPLE_SHAPE
-from export.onnx_export import export_onnx, validate_onnx
 from export.lam_a2e import A2ENetworkSpec
+from export.onnx_export import export_onnx, validate_onnx
 
 PARITY_SHAPES = [(1, WINDOW_SAMPLES), (3, WINDOW_SAMPLES), (2, 16000), (1, 80000), (1, 400)]
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import savgol_filter
 
+from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, NUM_BLENDSHAPES, SAMPLE_RATE, num_output_frames
 from emoserve.lam_a2e.postprocess import (
     BROW_NAMES,
     LEFT_RIGHT_PAIRS,
@@ -24,7 +25,6 @@ from emoserve.lam_a2e.postprocess import (
     savgol_smooth,
     symmetrize,
 )
-from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, NUM_BLENDSHAPES, SAMPLE_RATE, num_output_frames
 
 MOUTH_COLS = np.array([blendshape_index(n) for n in MOUTH_JAW_NAMES])
 OTHER_COLS = np.array([i for i in range(NUM_BLENDSHAPES) if i not in set(MOUTH_COLS.tolist())])

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 
+from emoserve.constants import NUM_BLENDSHAPES, SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, num_output_frames
 from emoserve.lam_a2e.postprocess import LEFT_RIGHT_PAIRS, PostprocessOptions, blendshape_index
 from emoserve.lam_a2e.streaming import (
     MAX_SUBCHUNK_SAMPLES,
@@ -17,7 +18,6 @@ from emoserve.lam_a2e.streaming import (
     process_chunk,
     split_chunk,
 )
-from emoserve.constants import NUM_BLENDSHAPES, SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, num_output_frames
 
 _CHANNEL_WEIGHTS = np.linspace(-2.0, 2.0, NUM_BLENDSHAPES)
 
@@ -380,7 +380,8 @@ def local_network(audio: np.ndarray, id_idx: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float64)
     frames = num_output_frames(audio.shape[1])
     edges = np.minimum((np.arange(frames + 1) * SAMPLE_RATE) // 30, audio.shape[1])
-    envelope = np.stack([np.abs(audio[:, a:b]).mean(axis=1) if b > a else np.zeros(audio.shape[0]) for a, b in zip(edges[:-1], edges[1:])], axis=1)
+    envelope = np.stack([np.abs(audio[:, a:b]).mean(axis=1) if b > a else np.zeros(audio.shape[0])
+                         for a, b in zip(edges[:-1], edges[1:])], axis=1)
     kernel = np.ones(_LOCAL_CONTEXT_FRAMES) / _LOCAL_CONTEXT_FRAMES
     smoothed = np.stack([np.convolve(row, kernel)[: row.size] for row in envelope])
     z = 10.0 * smoothed[..., None] * _CHANNEL_WEIGHTS - 0.5 + 0.05 * np.asarray(id_idx, dtype=np.float64).reshape(-1, 1, 1)
