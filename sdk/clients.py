@@ -50,12 +50,15 @@ def question_for(task: str, sentence: str | None = None) -> str:
 
 
 class EmotionLLaMA:
-    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = EMOTION_LLAMA.generation_timeout_s):
+    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = EMOTION_LLAMA.generation_timeout_s,
+                 client: httpx.Client | None = None):
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._client = httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self._owns_client = client is None
+        self._client = client or httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s)
 
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self) -> EmotionLLaMA:
         return self
