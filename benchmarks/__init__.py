@@ -1,1 +1,2 @@
-"""Benchmarks for the emoserve stack (run from the repository root: ``python -m benchmarks.a2e_bench``)."""
+"""Benchmarks for the emoserve stack, run from the repository root: ``python -m benchmarks.run_all`` (``make bench``)
+or one step, e.g. ``python -m benchmarks.perf_analyzer``."""

@@ -1,8 +1,9 @@
-"""Helpers shared by the serving benchmarks: latency statistics, Triton statistics deltas, the machine and
-version header, a markdown report and a wall-clock budget."""
+"""Helpers shared by the benchmarks: latency statistics, Triton statistics deltas, the machine and version
+header, a markdown report, a wall-clock budget and a tritonserver on free loopback ports."""
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import signal
@@ -13,8 +14,17 @@ from pathlib import Path
 import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-WORK_DIR = PROJECT_ROOT / "benchmarks" / ".work"
-RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"
+WORK_DIR = PROJECT_ROOT / "benchmarks" / ".work"  # repositories, logs, raw perf_analyzer files (not committed)
+RESULTS_DIR = PROJECT_ROOT / "benchmarks" / "results"  # the markdown reports RESULTS.md links
+EXAMPLES_DIR = PROJECT_ROOT / "examples"
+SPEECH_WAV = EXAMPLES_DIR / "speech.wav"
+SAMPLE_VIDEO = EXAMPLES_DIR / "sample_emotion.mp4"
+PORTRAIT_PNG = EXAMPLES_DIR / "portrait.png"
+# a [reason] prompt: a free-text answer (no label scoring after generation), so generation runs to the token limit
+PROMPT_TEXT = ("The person in video says: I can't believe it! We actually won the prize!  [reason] "
+               "What is the emotional state of the person?")
+
+log = logging.getLogger("benchmarks")
 
 
 def raise_on_sigterm() -> None:
@@ -38,11 +48,34 @@ class Budget:
         return self.deadline - time.monotonic()
 
 
-# --------------------------------------------------------------------------------------------- latency
+def load_speech():
+    from emoserve.audio import decode_audio
+    from emoserve.constants import SAMPLE_RATE
+
+    return decode_audio(SPEECH_WAV.read_bytes(), SAMPLE_RATE)
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
+def build(out: Path, settings) -> Path:
+    """``export.build_repository`` into ``out`` (ONNX exports and the LLM conversion are cached by fingerprint)."""
+    from export.build_repository import build_repository
+
+    started = time.perf_counter()
+    build_repository(out, settings)
+    log.info("model repository %s ready in %.1f s", out, time.perf_counter() - started)
+    return out
+
+
+def triton_server(repository: Path, log_name: str):
+    """A ``stack.triton_server.TritonServer`` on free loopback ports (not started), its log in ``.work/logs``."""
+    from stack.processes import free_port
+    from stack.triton_server import TritonServer, TritonServerOptions
+
+    log_path = WORK_DIR / "logs" / f"{log_name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)
+    return TritonServer(TritonServerOptions(repository, http_port=free_port(), grpc_port=free_port(),
+                                            metrics_port=free_port(), log_path=log_path))
+
 
 
 @dataclass
@@ -56,7 +89,7 @@ class LatencyStats:
         return len(self.samples)
 
     def p(self, q: float) -> float:
-        return percentile(self.samples, q)
+        return float(np.percentile(np.asarray(self.samples, dtype=np.float64), q)) if self.samples else float("nan")
 
     @property
     def mean(self) -> float:
@@ -77,10 +110,9 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
-# --------------------------------------------------------------------------------------------- Triton statistics
-
 
 def model_statistics(grpc_url: str, model: str) -> dict:
+    """Counts and cumulative seconds of one model (``get_inference_statistics``)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
@@ -88,14 +120,10 @@ def model_statistics(grpc_url: str, model: str) -> dict:
         stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
     finally:
         client.close()
-    batches = {}
-    for entry in stats.get("batch_stats", []):
-        batches[int(entry["batch_size"])] = int(entry.get("compute_infer", {}).get("count", 0))
-    return {
-        "inference_count": int(stats.get("inference_count", 0)),
-        "execution_count": int(stats.get("execution_count", 0)),
-        "batches": batches,
-    }
+    inference = stats.get("inference_stats", {})
+    seconds = lambda key: float(inference.get(key, {}).get("ns", 0)) / 1e9  # noqa: E731
+    return {"inference_count": int(stats.get("inference_count", 0)), "execution_count": int(stats.get("execution_count", 0)),
+            "compute_s": seconds("compute_input") + seconds("compute_infer") + seconds("compute_output"), "queue_s": seconds("queue")}
 
 
 def settled_statistics(grpc_url: str, models: tuple[str, ...], timeout_s: float = 3.0) -> dict[str, dict]:
@@ -112,40 +140,28 @@ def settled_statistics(grpc_url: str, models: tuple[str, ...], timeout_s: float 
 
 
 def statistics_delta(before: dict, after: dict) -> dict:
-    batches = {size: after["batches"].get(size, 0) - before["batches"].get(size, 0) for size in after["batches"]}
-    return {
-        "inference_count": after["inference_count"] - before["inference_count"],
-        "execution_count": after["execution_count"] - before["execution_count"],
-        "batches": {size: count for size, count in sorted(batches.items()) if count > 0},
-    }
+    return {key: after[key] - before[key] for key in after}
 
 
-# --------------------------------------------------------------------------------------------- environment
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def machine_description() -> dict[str, str]:
-    info = {"nproc": str(os.cpu_count())}
-    try:
-        info["nproc"] = f"{len(os.sched_getaffinity(0))} usable (os.cpu_count {os.cpu_count()})"
-    except AttributeError:
-        pass
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-        info["cpu"] = models[0] if models else platform.processor() or "unknown"
-    except OSError:
-        info["cpu"] = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["memory"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    try:
-        quota = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"nproc": f"{usable} usable (os.cpu_count {os.cpu_count()})"}
+    models = [line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")]
+    info["cpu"] = models[0] if models else platform.processor() or "unknown"
+    memory = [int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal:")]
+    if memory:
+        info["memory"] = f"{memory[0] / 1024 / 1024:.1f} GiB"
+    quota = _read("/sys/fs/cgroup/cpu.max").split()
+    if len(quota) == 2:
         info["cgroup cpu.max"] = "unlimited" if quota[0] == "max" else f"{int(quota[0]) / int(quota[1]):.2f} CPUs"
-    except (OSError, ValueError, IndexError):
-        pass
     info["kernel"] = platform.release()
     return info
 
@@ -176,7 +192,15 @@ def versions(grpc_url: str | None, distributions: tuple[str, ...] = DEFAULT_DIST
     return out
 
 
-# --------------------------------------------------------------------------------------------- report
+def load_average() -> str:
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def environment_lines(versions_now: dict[str, str]) -> list[str]:
+    """The machine and versions lines of every report's header."""
+    return ["- machine: " + "; ".join(f"{k} {v}" for k, v in machine_description().items()),
+            "- versions: " + "; ".join(f"{k} {v}" for k, v in versions_now.items())]
+
 
 
 class Report:
@@ -188,17 +212,14 @@ class Report:
         print(text, flush=True)
 
     def table(self, title: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
-        lines = [f"### {title}", ""]
-        if note:
-            lines += [note, ""]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join("---" for _ in header) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        self.add("\n".join(lines) + "\n")
+        lines = [f"### {title}", "", *([note, ""] if note else []), "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        self.add("\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n")
 
     def text(self) -> str:
         return "\n".join(self.sections)
 
-
-def latency_row(label: str, stats: LatencyStats) -> list[str]:
-    return [label, str(stats.n), ms(stats.p(50)), ms(stats.p(95)), ms(stats.p(99)), ms(stats.mean), ms(stats.max), str(len(stats.errors))]
+    def write(self, path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.text())
+        log.info("wrote %s", path)
+        return self.text()

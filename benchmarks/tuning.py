@@ -3,24 +3,13 @@
     python -m benchmarks.tuning            # LAM-A2E full profile, SmolLM2 LLM: ~8 min on 2 cores
     python -m benchmarks.tuning --quick    # tiny networks, three variants per experiment: ~3 min
 
-Every knob under test is a field of ``export.build_repository.BuildSettings`` — the object that writes every
-``config.pbtxt`` — so a variant is ``dataclasses.replace(defaults, **overrides)``: the repository is rebuilt with
-it (ONNX exports are cached by fingerprint, only the configs change), a fresh ``tritonserver`` starts, and
-perf_analyzer drives the model under test at one fixed load. Experiments:
-
-1. ``lam_a2e`` (the A2E network, dynamic batching) at concurrency 4: instance count, onnxruntime intra-op
-   threads, dynamic-batching queue delay (0 / 2 / 10 ms);
-2. ``lam_a2e_stream`` (sequence batcher, ``oldest``) with 8 live 8-chunk sequences: queue delay, max batch
-   (= preferred batch, 4 / 8), ``max_candidate_sequences``;
-3. ``emotion_llama_llm`` (decoupled, token streaming) at concurrency 4: dynamic-batching queue delay.
-
-The verdict rule: the best variant is the one with the highest throughput among those whose p99 latency is
-within ``P99_SLACK`` of the lowest p99 (so no variant wins by starving some requests — e.g. too few candidate
-sequences park whole streams in a backlog); the current default is kept when it is eligible and within
-``NOISE_MARGIN`` of the best (run-to-run noise on a shared 2-core machine is of that order), otherwise the
-report says which default to change. Output: ``benchmarks/results/tuning[-quick].md``
-(one table per experiment with every variant's settings, throughput, p50/p95/p99, Triton queue/compute and the
-verdict) and the perf_analyzer CSVs in ``benchmarks/results/tuning[-quick]/``.
+Every knob is a field of ``export.build_repository.BuildSettings`` (which writes every ``config.pbtxt``): a variant
+is ``dataclasses.replace(defaults, **overrides)``, a rebuilt repository (ONNX exports are cached) and a fresh
+tritonserver, driven by perf_analyzer at one fixed load and request count. Experiments: the ``lam_a2e`` network
+(instances, onnxruntime threads, batching delay), ``lam_a2e_stream`` (sequence-batcher delay, max batch, candidate
+sequences) and ``emotion_llama_llm`` (batching delay). Verdict: the best variant has the highest throughput among
+those whose p99 is within ``P99_SLACK`` of the lowest p99; the default is kept when it is among them and within
+``NOISE_MARGIN`` of the best. Report: ``benchmarks/results/tuning[-quick].md`` (``--out``).
 """
 
 from __future__ import annotations
@@ -29,7 +18,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,30 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (
-    PROJECT_ROOT, RESULTS_DIR, WORK_DIR, Report, machine_description, raise_on_sigterm, versions,
-)
-from benchmarks.perf_analyzer import (
-    LOG_DIR,
-    SAMPLE_VIDEO,
-    SEQUENCE_LENGTH,
-    Target,
-    TargetResult,
-    a2e_stream_rows,
-    a2e_window_rows,
-    emotion_embeddings,
-    llm_rows,
-    load_speech,
-    pa_environment,
-    perf_analyzer_version,
-    run_target,
-    server_compute_us,
-    us_to_ms,
-    write_json,
-)
-from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_STREAM_MODEL, EMOTION_LLM_MODEL
-from stack.processes import free_port
-from export.build_repository import BuildSettings, build_repository
+from benchmarks import common as c
+from benchmarks import perf_analyzer as pa
+from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_STREAM_MODEL
+from emoserve.model_catalog import EMOTION_LLM_MODEL as LLM_MODEL
+from export.build_repository import BuildSettings
 
 log = logging.getLogger("tuning")
 
@@ -69,7 +38,7 @@ NOISE_MARGIN = 0.10
 # a variant may not buy throughput by starving some requests: its p99 must stay within this factor of the best p99
 P99_SLACK = 1.5
 DECISIONS_HEADER = ["model", "best measured settings", "defaults", "verdict"]
-TUNING_DATA_DIR = WORK_DIR / "tuning-data"
+TUNING_DATA_DIR = c.WORK_DIR / "tuning-data"
 
 
 @dataclass(frozen=True)
@@ -132,9 +101,9 @@ def experiments(quick: bool) -> list[Experiment]:
         Experiment("a2e-stream", "LAM-A2E streaming: sequence-batcher delay, max batch, candidate sequences",
                    A2E_STREAM_MODEL, "sequence", 8, ("lam_a2e",),
                    ("stream_queue_delay_us", "stream_max_batch", "stream_candidate_sequences"), tuple(stream),
-                   requests_per_client=4 * SEQUENCE_LENGTH if quick else 2 * SEQUENCE_LENGTH),
+                   requests_per_client=4 * pa.SEQUENCE_LENGTH if quick else 2 * pa.SEQUENCE_LENGTH),
         Experiment("llm", "Emotion-LLaMA LLM: dynamic-batching delay (requests decoding together)",
-                   EMOTION_LLM_MODEL, "decoupled", 4, ("emotion_llama",), ("llm_queue_delay_us",), tuple(llm),
+                   LLM_MODEL, "decoupled", 4, ("emotion_llama",), ("llm_queue_delay_us",), tuple(llm),
                    requests_per_client=12 if quick else 4),
     ]
 
@@ -149,33 +118,28 @@ def knob_values(settings: BuildSettings, knobs: tuple[str, ...]) -> str:
     return ", ".join(f"`{knob}={getattr(settings, knob)}`" for knob in knobs)
 
 
-# --------------------------------------------------------------------------------------------- runs
-
 
 @dataclass
 class VariantResult:
     variant: Variant
     settings: BuildSettings
-    result: TargetResult | None = None
+    result: pa.TargetResult | None = None
     error: str = ""
 
     @property
+    def level(self) -> pa.Level | None:
+        return self.result.levels[0] if self.result and self.result.levels else None
+
+    @property
     def row(self) -> dict:
-        if self.result and self.result.levels and self.result.levels[0].ok:
-            return self.result.levels[0].row
-        return {}
+        return self.level.row if self.level and self.level.ok else {}
 
     @property
     def throughput(self) -> float:
         """Requests / (first send to last response) from the per-request timestamps: perf_analyzer's own
         Inferences/Second for a fixed request count divides by whole seconds, too coarse for runs of ~10 s."""
-        if not self.row:
-            return 0.0
-        exact = self.result.levels[0].responses.get("throughput")
-        if exact:
-            return float(exact)
         try:
-            return float(self.row.get("Inferences/Second", 0) or 0)
+            return float(self.level.responses.get("throughput") or self.row.get("Inferences/Second", 0) or 0) if self.row else 0.0
         except ValueError:
             return 0.0
 
@@ -188,51 +152,42 @@ class VariantResult:
 
     @property
     def failure(self) -> str:
-        if self.error:
-            return self.error
-        if self.result is None or not self.result.levels:
-            return "not run"
-        return self.result.levels[0].error if not self.result.levels[0].ok else ""
+        return self.error or ("not run" if self.level is None else "" if self.level.ok else self.level.error)
 
 
 def input_rows(experiment: Experiment, grpc_url: str) -> list:
-    speech = load_speech()
-    long_speech = np.tile(speech, 2)
+    long_speech = np.tile(c.load_speech(), 2)
     if experiment.model == A2E_NETWORK_MODEL:
-        return a2e_window_rows(long_speech)
+        return pa.a2e_window_rows(long_speech)
     if experiment.model == A2E_STREAM_MODEL:
-        return a2e_stream_rows(long_speech)
+        return pa.a2e_stream_rows(long_speech)
     # the LLM's input is what the served encoders make of the sample video
-    return llm_rows(emotion_embeddings(grpc_url, SAMPLE_VIDEO.read_bytes()))
+    return pa.llm_rows(pa.emotion_embeddings(grpc_url, c.SAMPLE_VIDEO.read_bytes()))
 
 
 def run_variant(experiment: Experiment, variant: Variant, base: BuildSettings, data: dict[str, Path], env: dict[str, str],
-                csv_dir: Path, interval_ms: int, max_trials: int, deadline: float) -> VariantResult:
-    from stack.triton_server import TritonServer, TritonServerOptions
-
+                interval_ms: int, max_trials: int, deadline: float) -> VariantResult:
     settings = variant.settings(dataclasses.replace(base, slices=experiment.slices))
     outcome = VariantResult(variant, settings)
     if deadline - time.monotonic() < 20:
         outcome.error = "skipped: tuning time budget spent"
         return outcome
     # one folder per slice: the experiments of a slice share its (cached) ONNX exports
-    repository = build_repository(WORK_DIR / f"tune-{'-'.join(experiment.slices)}", settings)
-    server = TritonServer(TritonServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                                              log_path=WORK_DIR / "logs" / f"tuning-{experiment.slug}-triton.log"))
+    server = c.triton_server(c.build(c.WORK_DIR / f"tune-{'-'.join(experiment.slices)}", settings), f"tuning-{experiment.slug}-triton")
     try:
         server.start()
         if experiment.slug not in data:
-            data[experiment.slug] = write_json(experiment.slug, input_rows(experiment, server.grpc_url), TUNING_DATA_DIR)
+            data[experiment.slug] = pa.write_json(experiment.slug, input_rows(experiment, server.grpc_url), TUNING_DATA_DIR)
         label = f"{experiment.model}-{variant.label.replace(' ', '-')}"
         timeout_s = 180.0 if experiment.kind == "decoupled" else 120.0
         urls = {"grpc": server.grpc_url}
         # one request per client first: onnxruntime's first runs allocate, and the LLM's first batch warms torch
-        warm_up = Target(experiment.model, experiment.kind, (experiment.concurrency,), label=label + "-warm-up",
-                         request_count=SEQUENCE_LENGTH if experiment.kind == "sequence" else 1, timeout_s=timeout_s)
-        run_target(warm_up, data[experiment.slug], urls, env, WORK_DIR / "tuning-warm-up", interval_ms, max_trials, deadline)
-        target = Target(experiment.model, experiment.kind, (experiment.concurrency,), label=label,
-                        request_count=experiment.requests_per_client, timeout_s=timeout_s, profile_export=True)
-        outcome.result = run_target(target, data[experiment.slug], urls, env, csv_dir, interval_ms, max_trials, deadline)
+        warm_up = pa.Target(experiment.model, experiment.kind, (experiment.concurrency,), label=label + "-warm-up",
+                            request_count=pa.SEQUENCE_LENGTH if experiment.kind == "sequence" else 1, timeout_s=timeout_s)
+        pa.run_target(warm_up, data[experiment.slug], urls, env, interval_ms, max_trials, deadline)
+        target = pa.Target(experiment.model, experiment.kind, (experiment.concurrency,), label=label,
+                           request_count=experiment.requests_per_client, timeout_s=timeout_s, profile_export=True)
+        outcome.result = pa.run_target(target, data[experiment.slug], urls, env, interval_ms, max_trials, deadline)
     except Exception as exc:  # noqa: BLE001 - a variant that cannot start is a recorded result, not the end of the suite
         outcome.error = f"{type(exc).__name__}: {str(exc)[:300]}"
         log.exception("variant %s / %s failed", experiment.slug, variant.label)
@@ -242,8 +197,6 @@ def run_variant(experiment: Experiment, variant: Variant, base: BuildSettings, d
              f"{outcome.throughput:.1f} infer/s" if outcome.row else outcome.failure)
     return outcome
 
-
-# --------------------------------------------------------------------------------------------- verdict
 
 
 @dataclass
@@ -277,10 +230,9 @@ def verdict(results: list[VariantResult], margin: float = NOISE_MARGIN) -> Verdi
     changed = {k: v for k, v in best.variant.overrides}
     return Verdict(best, default, False,
                    f"**change the defaults**: {best.variant.label} serves {best.throughput / default.throughput:.2f}x the "
-                   f"default's throughput at p99 {best.p99_ms:.0f} ms (default {default.p99_ms:.0f} ms) — set " + ", ".join(f"`BuildSettings.{k} = {v}`" for k, v in changed.items()))
+                   f"default's throughput at p99 {best.p99_ms:.0f} ms (default {default.p99_ms:.0f} ms) — set "
+                   + ", ".join(f"`BuildSettings.{k} = {v}`" for k, v in changed.items()))
 
-
-# --------------------------------------------------------------------------------------------- report
 
 
 def variant_row(experiment: Experiment, outcome: VariantResult, decision: Verdict, all_measured: list[VariantResult]) -> list[str]:
@@ -291,19 +243,20 @@ def variant_row(experiment: Experiment, outcome: VariantResult, decision: Verdic
     if not outcome.row:
         return [label, settings, "—", "—", "—", "—", "—", "—", outcome.failure.replace("|", "/")]
     row = outcome.row
-    compute = server_compute_us(row)
+    compute = pa.server_compute_us(row)
     note = outcome.result.levels[0].error if outcome.result else ""
-    return [label, settings, f"{outcome.throughput:.1f}", us_to_ms(row.get("p50 latency")), us_to_ms(row.get("p95 latency")),
-            us_to_ms(row.get("p99 latency")), us_to_ms(row.get("Server Queue")), f"{compute / 1000:.1f}", note]
+    return [label, settings, f"{outcome.throughput:.1f}", pa.us_to_ms(row.get("p50 latency")), pa.us_to_ms(row.get("p95 latency")),
+            pa.us_to_ms(row.get("p99 latency")), pa.us_to_ms(row.get("Server Queue")), f"{compute / 1000:.1f}", note]
 
 
 def load_note(experiment: Experiment) -> str:
     return {"stateless": f"concurrency {experiment.concurrency}",
-            "sequence": f"{experiment.concurrency} live {SEQUENCE_LENGTH}-chunk sequences (1 s chunks)",
-            "decoupled": f"concurrency {experiment.concurrency}, gRPC streaming, 16 greedy tokens; latency to the final response"}[experiment.kind]
+            "sequence": f"{experiment.concurrency} live {pa.SEQUENCE_LENGTH}-chunk sequences (1 s chunks)",
+            "decoupled": f"concurrency {experiment.concurrency}, gRPC streaming, 16 greedy tokens; latency to the final response",
+            }[experiment.kind]
 
 
-def write_report(report: Report, all_results: list[tuple[Experiment, list[VariantResult]]]) -> list[list[str]]:
+def write_report(report: c.Report, all_results: list[tuple[Experiment, list[VariantResult]]]) -> list[list[str]]:
     decisions = []
     for experiment, results in all_results:
         decision = verdict(results)
@@ -319,18 +272,12 @@ def write_report(report: Report, all_results: list[tuple[Experiment, list[Varian
     return decisions
 
 
-def outputs_for(quick: bool) -> tuple[Path, Path]:
-    stem = "tuning-quick" if quick else "tuning"
-    return RESULTS_DIR / f"{stem}.md", RESULTS_DIR / stem
-
-
 def run(args: argparse.Namespace) -> int:
     started_at = _dt.datetime.now(_dt.timezone.utc)
     started = time.monotonic()
-    env = pa_environment()
-    md_path, csv_dir = outputs_for(args.quick)
-    md_path = args.out or md_path
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    env = pa.pa_environment()
+    md_path = args.out or c.RESULTS_DIR / ("tuning-quick.md" if args.quick else "tuning.md")
+    pa.LOG_DIR.mkdir(parents=True, exist_ok=True)
     interval_ms, max_trials = (3000, 5) if args.quick else (4000, 6)
     base = base_settings(args.quick)
     deadline = time.monotonic() + args.time_budget
@@ -340,10 +287,10 @@ def run(args: argparse.Namespace) -> int:
         if args.experiments and experiment.slug not in args.experiments:
             continue
         log.info("experiment %s: %d variants", experiment.slug, len(experiment.variants))
-        all_results.append((experiment, [run_variant(experiment, variant, base, data, env, csv_dir, interval_ms, max_trials, deadline)
+        all_results.append((experiment, [run_variant(experiment, variant, base, data, env, interval_ms, max_trials, deadline)
                                          for variant in experiment.variants]))
 
-    report = Report()
+    report = c.Report()
     command = "python -m benchmarks.tuning" + (" --quick" if args.quick else "")
     report.add("\n".join([
         f"# Triton configuration tuning{' (quick)' if args.quick else ''}",
@@ -352,11 +299,10 @@ def run(args: argparse.Namespace) -> int:
         f"- command: `{command}` (from the repository root)",
         f"- networks: LAM-A2E `{base.profile}`, LLM `{base.llm}` (+ `{base.encoder_profile}` encoders for its input); "
         "CPU target (python backend + onnxruntime / torch)",
-        f"- perf_analyzer: {perf_analyzer_version(env)}, `-i grpc`, a fixed `--request-count` per variant after a "
-        f"warm-up run of one request per client; CSVs in `{csv_dir.relative_to(PROJECT_ROOT)}/`",
-        "- machine: " + "; ".join(f"{k} {v}" for k, v in machine_description().items()),
-        "- versions: " + "; ".join(f"{k} {v}" for k, v in versions(None).items()),
-        f"- load average at end (1/5/15 min): {' / '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        f"- perf_analyzer: {pa.perf_analyzer_version(env)}, `-i grpc`, a fixed `--request-count` per variant after a "
+        f"warm-up run of one request per client; raw CSVs in `{pa.LOG_DIR.relative_to(c.PROJECT_ROOT)}/`",
+        *c.environment_lines(c.versions(None)),
+        f"- load average at end (1/5/15 min): {c.load_average()}",
         f"- rule: best = highest throughput among the variants whose p99 is within {P99_SLACK}x of the lowest p99; "
         f"the current default is kept when it is among them and within {NOISE_MARGIN:.0%} of the best's throughput",
         "",
@@ -365,9 +311,7 @@ def run(args: argparse.Namespace) -> int:
     report.table("Decisions", DECISIONS_HEADER, decisions,
                  note="The defaults live in `export.build_repository.BuildSettings`; every generated `config.pbtxt` "
                       "(CPU and GPU targets) takes them from there.")
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(report.text())
-    log.info("wrote %s", md_path)
+    report.write(md_path)
     measured_any = any(r.row for _, results in all_results for r in results)
     return 0 if measured_any else 1
 
@@ -384,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_budget is None:
         args.time_budget = 240.0 if args.quick else 540.0
 
-    raise_on_sigterm()
+    c.raise_on_sigterm()
     return run(args)
 
 
