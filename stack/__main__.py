@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from stack.supervision import TritonSupervisor
 from stack.triton_server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, TritonServer, TritonServerOptions
 
 log = logging.getLogger("stack")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from frontend.config import load_settings
     from frontend.main import create_app
 
-    server = None
+    server = supervisor = None
     if args.triton_url is None:
         if args.rebuild or args.weight is not None or not repository_is_built(args.model_repository):
             log.info("building the model repository (profile %s) ...", args.profile)
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             TritonServerOptions(args.model_repository, DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT, log_path=log_path)
         )
         server.start()
+        supervisor = TritonSupervisor(server).start()
         triton_url = server.grpc_url
     else:
         if args.weight is not None:
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Triton log {server.log_path}", flush=True)
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         if server is not None:
             server.stop()
     return 0

@@ -28,6 +28,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stack.supervision import (
+    SHM_PREFIX_ROOT,
+    describe_holder,
+    die_with_parent,
+    end_process_group,
+    port_in_use,
+    port_owner,
+    remove_stale_leftovers,
+)
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HTTP_PORT = 8000
@@ -99,7 +109,7 @@ class TritonServer:
 
     def __init__(self, options: TritonServerOptions):
         self.options = options
-        self.shm_prefix = f"emoserve_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.shm_prefix = self._new_shm_prefix()
         self.process: subprocess.Popen | None = None
         self._owned_log_dir: str | None = None
         if options.log_path is None:
@@ -108,6 +118,11 @@ class TritonServer:
         else:
             self.log_path = Path(options.log_path)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _new_shm_prefix() -> str:
+        # the launcher's pid in the name lets the next launcher recognise regions whose owner is gone
+        return f"{SHM_PREFIX_ROOT}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
 
     @property
     def http_url(self) -> str:
@@ -148,6 +163,8 @@ class TritonServer:
     def start(self) -> TritonServer:
         if not Path(self.options.model_repository).is_dir():
             raise TritonLaunchError(f"model repository {self.options.model_repository} does not exist; build it first (make repo)")
+        remove_stale_leftovers()
+        self.check_ports()
         log_file = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
@@ -156,16 +173,43 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=server_environment(),
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop the server in order
+                # its own process group (one killpg also ends the stubs it forks; Ctrl-C reaches only us, and we stop
+                # the server in order), and it dies with the thread that started it
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             log_file.close()
         try:
             self.wait_ready()
+            self.confirm_identity()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def check_ports(self) -> None:
+        """A port someone else holds is an error naming the holder, never a silent attach to their server."""
+        opts = self.options
+        for what, port in (("HTTP", opts.http_port), ("gRPC", opts.grpc_port), ("metrics", opts.metrics_port)):
+            if port_in_use(opts.host, port):
+                raise TritonLaunchError(
+                    f"Triton's {what} port {opts.host}:{port} is already in use by {describe_holder(port)}: stop it, "
+                    "or start the stack with other ports")
+
+    def confirm_identity(self) -> None:
+        """The server answering on the HTTP port must be the process started here."""
+        owner = port_owner(self.options.http_port)
+        if self.process is None or owner is None or owner[0] not in (0, self.process.pid):
+            raise TritonLaunchError(
+                f"the server answering on port {self.options.http_port} is {describe_holder(self.options.http_port)}, "
+                f"not the tritonserver started here (pid {self.process.pid if self.process else '?'})")
+
+    def restart(self) -> TritonServer:
+        """Start again after the server died: its stubs and shared memory go first."""
+        self.stop()
+        self.shm_prefix = self._new_shm_prefix()
+        return self.start()
 
     def is_ready(self) -> bool:
         try:
@@ -198,19 +242,20 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGINT)  # SIGINT lets the server remove its /dev/shm regions
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("tritonserver ignored SIGINT for %.0fs; killing its process group", timeout_s)
+        grace_s = 0.0
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # SIGINT lets the server stop its stubs and remove its /dev/shm regions
             try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait(timeout=10)
-            _remove_shm_regions(self.shm_prefix)
+                process.wait(timeout=timeout_s)
+                grace_s = 5.0  # stubs still finishing after an orderly exit
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver ignored SIGINT for %.0fs; killing its process group", timeout_s)
+        # stubs share the server's process group and would outlive a killed server, and so would their shared memory
+        end_process_group(process.pid, grace_s)
+        process.wait(timeout=10)
+        _remove_shm_regions(self.shm_prefix)
 
     def __enter__(self) -> TritonServer:
         return self.start()

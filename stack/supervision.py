@@ -1,0 +1,205 @@
+"""What keeps a bundled tritonserver owned by the stack that started it (Linux ``/proc``, no extra packages).
+
+Triton 2.51 never restarts a dead python-backend stub, a ``kill -9`` of tritonserver leaves its stubs and their
+``/dev/shm`` regions behind, and a second server on busy ports loads every model before it fails to bind while the
+other server keeps answering health probes. Hence:
+
+* the server dies with its launcher (parent-death signal) and lives in its own process group, so one ``killpg``
+  also takes the stubs it forked;
+* a port held by anyone else is a start-up error naming the holder, and after start-up the HTTP port must be held
+  by the process the stack started;
+* shared-memory regions and stubs left by a launcher that is gone are removed before a new server starts;
+* :class:`TritonSupervisor` restarts a server that exits on its own, with bounded backoff.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHM_PREFIX_ROOT = "emoserve_"
+_PR_SET_PDEATHSIG = 1
+_TCP_LISTEN = "0A"
+_STALE_PREFIX = re.compile(rf"{SHM_PREFIX_ROOT}(\d+)_")
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: SIGKILL this child when the thread that started it dies (the launcher's main thread)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == _TCP_LISTEN and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(inode)
+    return inodes
+
+
+def port_owner(port: int) -> tuple[int, str] | None:
+    """(pid, command name) of the process listening on ``port``; ``(0, "unknown")`` when it cannot be seen."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    return int(proc.name), (proc / "comm").read_text().strip()
+        except OSError:  # the process ended, or is not ours to inspect
+            continue
+    return 0, "unknown"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def describe_holder(port: int) -> str:
+    owner = port_owner(port)
+    if owner is None or owner[0] == 0:
+        return "another process"
+    return f"pid {owner[0]} ({owner[1]})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_leftovers() -> tuple[list[str], list[int]]:
+    """Remove the shm regions and kill the stubs of servers whose launcher (the pid in the prefix) is gone.
+
+    Returns (regions removed, pids killed)."""
+    regions = []
+    for region in Path("/dev/shm").glob(f"{SHM_PREFIX_ROOT}*"):
+        match = _STALE_PREFIX.match(region.name)
+        if match and not _alive(int(match.group(1))):
+            region.unlink(missing_ok=True)
+            regions.append(region.name)
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for arg in argv:
+            match = _STALE_PREFIX.search(arg.decode(errors="replace"))
+            if match and not _alive(int(match.group(1))):
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+                except ProcessLookupError:
+                    pass
+                break
+    if regions or killed:
+        log.warning("removed %d shared-memory regions and killed %d processes left by a dead launcher", len(regions), len(killed))
+    return regions, killed
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(proc.name))
+    return members
+
+
+def end_process_group(pgid: int, grace_s: float = 0.0) -> None:
+    """Give a group's processes ``grace_s`` to exit on their own, then SIGKILL what is left."""
+    deadline = time.monotonic() + grace_s
+    while process_group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class TritonSupervisor:
+    """Restarts a server that exits on its own (``server.restart()``), waiting 1, 2, 4 … up to ``max_backoff_s``
+    between tries; the wait resets once a server has stayed up for ``stable_after_s``."""
+
+    def __init__(self, server, *, poll_s: float = 0.5, max_backoff_s: float = 30.0, stable_after_s: float = 60.0,
+                 on_restart: Callable[[int], None] | None = None):
+        self.server = server
+        self.poll_s, self.max_backoff_s, self.stable_after_s = poll_s, max_backoff_s, stable_after_s
+        self.on_restart = on_restart
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
+
+    def start(self) -> TritonSupervisor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _watch(self) -> None:
+        backoff, up_since = 1.0, time.monotonic()
+        while not self._stop.wait(self.poll_s):
+            process = self.server.process
+            if process is not None and process.poll() is None:
+                if time.monotonic() - up_since > self.stable_after_s:
+                    backoff = 1.0
+                continue
+            if process is not None:
+                log.error("tritonserver (pid %d) exited with code %s; restarting in %.0fs\n%s",
+                          process.pid, process.returncode, backoff, self.server.log_tail(20))
+            if self._stop.wait(backoff):
+                return
+            try:
+                self.server.restart()
+            except Exception as exc:  # the next round tries again, later
+                log.error("tritonserver restart failed: %s", exc)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            self.restarts += 1
+            up_since = time.monotonic()
+            backoff = min(backoff * 2, self.max_backoff_s)
+            if self.on_restart is not None:
+                self.on_restart(self.restarts)

@@ -1,0 +1,115 @@
+"""The launcher owns its tritonserver: busy ports are a clear error, a killed server comes back on its own with
+nothing of the dead one left, and the server dies with its launcher (real processes, real kill -9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from stack.processes import free_port
+from stack.supervision import TritonSupervisor, port_owner, process_group_members, remove_stale_leftovers
+from stack.triton_server import TritonLaunchError, TritonServer, TritonServerOptions, leftover_shm_regions
+from tests.conftest import PROJECT_ROOT, speech_like
+
+
+@pytest.fixture(scope="module")
+def a2e_repository(tmp_path_factory) -> Path:
+    from export.build_repository import BuildSettings, build_repository
+
+    return build_repository(tmp_path_factory.mktemp("supervised_repo"), BuildSettings(profile="tiny", slices=("lam_a2e",)))
+
+
+def options(repository: Path) -> TritonServerOptions:
+    return TritonServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), startup_timeout_s=120)
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout_s:.0f}s")
+
+
+def infer_ok(grpc_url: str) -> bool:
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        audio = speech_like(0.5)
+        tensor = grpcclient.InferInput("AUDIO", list(audio.shape), "FP32")
+        tensor.set_data_from_numpy(audio)
+        return client.infer("lam_a2e_offline", [tensor]).as_numpy("BLENDSHAPES").shape[1] == 52
+    finally:
+        client.close()
+
+
+def test_a_busy_port_is_a_start_up_error_naming_its_holder(a2e_repository):
+    opts = options(a2e_repository)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", opts.grpc_port))
+        holder.listen()
+        assert port_owner(opts.grpc_port) == (os.getpid(), Path(f"/proc/{os.getpid()}/comm").read_text().strip())
+        server = TritonServer(opts)
+        with pytest.raises(TritonLaunchError, match=rf"gRPC port 127.0.0.1:{opts.grpc_port} is already in use by pid {os.getpid()}"):
+            server.start()
+        assert server.process is None  # nothing was launched
+
+
+def test_a_killed_server_is_restarted_with_nothing_of_it_left(a2e_repository):
+    server = TritonServer(options(a2e_repository)).start()
+    supervisor = TritonSupervisor(server, poll_s=0.2).start()
+    try:
+        assert infer_ok(server.grpc_url)
+        old_pid, old_prefix = server.process.pid, server.shm_prefix
+        old_group = process_group_members(old_pid)
+        assert len(old_group) > 1  # the server and its stubs share one process group
+        os.kill(old_pid, signal.SIGKILL)
+        wait_until(lambda: supervisor.restarts == 1 and server.is_ready(), 60, "a restarted, ready tritonserver")
+        assert server.process.pid != old_pid and port_owner(server.options.http_port)[0] == server.process.pid
+        assert process_group_members(old_pid) == [], "stubs of the killed server are still running"
+        assert leftover_shm_regions(old_prefix) == []
+        assert infer_ok(server.grpc_url)
+    finally:
+        supervisor.stop()
+        server.stop()
+    assert leftover_shm_regions(server.shm_prefix) == []
+
+
+def test_the_server_dies_with_its_launcher_and_the_next_launch_cleans_up(a2e_repository, tmp_path):
+    opts = options(a2e_repository)
+    launcher = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from stack.triton_server import TritonServer, TritonServerOptions
+        server = TritonServer(TritonServerOptions(Path({str(a2e_repository)!r}), http_port={opts.http_port},
+                              grpc_port={opts.grpc_port}, metrics_port={opts.metrics_port})).start()
+        print(server.process.pid, server.shm_prefix, flush=True)
+        time.sleep(600)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", launcher], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid, prefix = process.stdout.readline().split()
+        server_pid = int(server_pid)
+        assert leftover_shm_regions(prefix)
+        process.kill()  # kill -9 of the launcher: no finally block runs there
+        process.wait(timeout=10)
+        wait_until(lambda: not Path(f"/proc/{server_pid}").exists() or "Z" in Path(f"/proc/{server_pid}/stat").read_text().split()[2],
+                   15, "tritonserver gone with its launcher")
+        regions, _ = remove_stale_leftovers()  # what the next start does first
+        assert leftover_shm_regions(prefix) == [] and regions
+        wait_until(lambda: process_group_members(server_pid) == [], 15, "no stub of the dead launcher's server left")
+        assert np.all([port_owner(port) is None for port in (opts.http_port, opts.grpc_port)])
+    finally:
+        if process.poll() is None:
+            process.kill()
