@@ -55,6 +55,7 @@ class InferenceFailed(ApiError):
 class ServiceUnavailable(ApiError):
     status_code = 503
     default_error_code = "SERVICE_UNAVAILABLE"
+    retry_after_s = 5  # sent as Retry-After: a restarting model or server is back within seconds
 
 
 # Routes tagged with this use the Emotion-LLaMA error body {"error", "code", "details"}; all others {"detail"}.
@@ -86,6 +87,8 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if isinstance(exc, ServiceUnavailable):
+            headers = {"Retry-After": str(exc.retry_after_s)}
         body = error_body(request, exc.status_code, exc.detail, exc.details, exc.error_code)
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 

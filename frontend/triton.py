@@ -42,11 +42,18 @@ def first_text(result, name: str) -> str:
     return result.as_numpy(name).reshape(-1)[0].decode("utf-8")
 
 
+# Triton 2.51's answer for every request to a model whose python-backend stub died ("Stub process '<model>_0_0'
+# is not healthy."), also when quoted by a pipeline that called that model through BLS
+STUB_DOWN_MARKER = "is not healthy"
+
+
 def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
     status = (exc.status() or "").upper()
     message = exc.message() or str(exc)
     if "CANCELLED" in status:
         return ServiceUnavailable(f"{what} was cancelled ({message})")
+    if STUB_DOWN_MARKER in message:  # a python-backend process died: the stack reloads the model (stack/supervision.py)
+        return ServiceUnavailable(f"{what}: the model is being restarted after a failure; retry shortly")
     if "INTERNAL" in status:  # a model ran and failed (its message may quote a dependency's error)
         return InferenceFailed(f"{what} failed: {message}")
     if "unknown model" in message or "is not ready" in message:

@@ -159,15 +159,23 @@ def end_process_group(pgid: int, grace_s: float = 0.0) -> None:
 
 
 class TritonSupervisor:
-    """Restarts a server that exits on its own (``server.restart()``), waiting 1, 2, 4 … up to ``max_backoff_s``
-    between tries; the wait resets once a server has stayed up for ``stable_after_s``."""
+    """Keeps a :class:`~stack.triton_server.TritonServer` serving.
+
+    * A server that exits on its own is restarted (``server.restart()``), waiting 1, 2, 4 … up to ``max_backoff_s``
+      between tries; the wait resets once a server has stayed up for ``stable_after_s``.
+    * A model whose python-backend stubs died (Triton 2.51 never restarts them and keeps reporting the model ready)
+      is reloaded through the model-control API; if the reload fails the whole server is restarted.
+    """
 
     def __init__(self, server, *, poll_s: float = 0.5, max_backoff_s: float = 30.0, stable_after_s: float = 60.0,
-                 on_restart: Callable[[int], None] | None = None):
+                 on_restart: Callable[[int], None] | None = None, expected_stubs: dict[str, int] | None = None):
         self.server = server
         self.poll_s, self.max_backoff_s, self.stable_after_s = poll_s, max_backoff_s, stable_after_s
         self.on_restart = on_restart
         self.restarts = 0
+        self.model_reloads = 0
+        # python-backend processes per model of a healthy server (default: what it runs now)
+        self._expected_stubs = expected_stubs if expected_stubs is not None else server.stubs_by_model()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
 
@@ -186,7 +194,10 @@ class TritonSupervisor:
             if process is not None and process.poll() is None:
                 if time.monotonic() - up_since > self.stable_after_s:
                     backoff = 1.0
-                continue
+                if self._reload_models_with_dead_stubs():
+                    continue
+                log.error("reloading a model did not help: restarting tritonserver")
+                self.server.stop()
             if process is not None:
                 log.error("tritonserver (pid %d) exited with code %s; restarting in %.0fs\n%s",
                           process.pid, process.returncode, backoff, self.server.log_tail(20))
@@ -199,7 +210,26 @@ class TritonSupervisor:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             self.restarts += 1
+            self._expected_stubs = self.server.stubs_by_model()
             up_since = time.monotonic()
             backoff = min(backoff * 2, self.max_backoff_s)
             if self.on_restart is not None:
                 self.on_restart(self.restarts)
+
+    def _reload_models_with_dead_stubs(self) -> bool:
+        """Reload each model with fewer live stubs than it started with; False when a reload failed."""
+        live = self.server.stubs_by_model()
+        for model, expected in self._expected_stubs.items():
+            if live.get(model, 0) >= expected or self._stop.is_set():
+                continue
+            log.error("model %s has %d of its %d python-backend processes: reloading it", model, live.get(model, 0), expected)
+            try:
+                self.server.reload_model(model)
+            except Exception as exc:
+                log.error("reloading %s failed: %s", model, exc)
+                return False
+            self.model_reloads += 1
+            if self.server.stubs_by_model().get(model, 0) < expected:
+                log.error("%s still lacks python-backend processes after its reload", model)
+                return False
+        return True

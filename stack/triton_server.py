@@ -35,6 +35,7 @@ from stack.supervision import (
     end_process_group,
     port_in_use,
     port_owner,
+    process_group_members,
     remove_stale_leftovers,
 )
 
@@ -101,6 +102,8 @@ class TritonServerOptions:
     log_verbose: int = 0
     startup_timeout_s: float = 180.0
     log_path: Path | None = None
+    # explicit model control (every model loaded at start) lets the stack reload a model whose stub died
+    explicit_model_control: bool = True
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -157,6 +160,8 @@ class TritonServer:
             f"--metrics-port={opts.metrics_port}",
             f"--log-verbose={opts.log_verbose}",
             "--exit-timeout-secs=10",
+            *(["--model-control-mode=explicit", "--load-model=*"]
+              if opts.explicit_model_control and not any(a.startswith("--model-control-mode") for a in opts.extra_args) else []),
             *opts.extra_args,
         ]
 
@@ -204,6 +209,30 @@ class TritonServer:
             raise TritonLaunchError(
                 f"the server answering on port {self.options.http_port} is {describe_holder(self.options.http_port)}, "
                 f"not the tritonserver started here (pid {self.process.pid if self.process else '?'})")
+
+    def stubs_by_model(self) -> dict[str, int]:
+        """Live python-backend stub processes of this server, per model (a stub's first argument is its model.py)."""
+        counts: dict[str, int] = {}
+        if self.process is None:
+            return counts
+        for pid in process_group_members(self.process.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub"):
+                model = Path(argv[1].decode(errors="replace")).parent.parent.name
+                counts[model] = counts.get(model, 0) + 1
+        return counts
+
+    def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
+        """Unload, then load, through Triton's model-control API (explicit mode): a plain load of an unchanged model
+        keeps its dead stubs, an unload ends them and a load starts them afresh."""
+        for action in ("unload", "load"):
+            request = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/{action}", data=b"", method="POST")
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                if response.status != 200:
+                    raise TritonLaunchError(f"{action} of {model} answered HTTP {response.status}")
 
     def restart(self) -> TritonServer:
         """Start again after the server died: its stubs and shared memory go first."""

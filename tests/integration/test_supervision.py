@@ -12,11 +12,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-from stack.processes import free_port
+from stack.processes import FrontendProcess, free_port
 from stack.supervision import TritonSupervisor, port_owner, process_group_members, remove_stale_leftovers
 from stack.triton_server import TritonLaunchError, TritonServer, TritonServerOptions, leftover_shm_regions
 from tests.conftest import PROJECT_ROOT, speech_like
@@ -50,6 +52,8 @@ def infer_ok(grpc_url: str) -> bool:
         tensor = grpcclient.InferInput("AUDIO", list(audio.shape), "FP32")
         tensor.set_data_from_numpy(audio)
         return client.infer("lam_a2e_offline", [tensor]).as_numpy("BLENDSHAPES").shape[1] == 52
+    except InferenceServerException:
+        return False
     finally:
         client.close()
 
@@ -84,6 +88,59 @@ def test_a_killed_server_is_restarted_with_nothing_of_it_left(a2e_repository):
         supervisor.stop()
         server.stop()
     assert leftover_shm_regions(server.shm_prefix) == []
+
+
+def test_a_killed_stub_is_reloaded_and_its_model_serves_again(a2e_repository):
+    server = TritonServer(options(a2e_repository)).start()
+    supervisor = TritonSupervisor(server, poll_s=0.2).start()
+    try:
+        assert infer_ok(server.grpc_url)
+        stubs_before = server.stubs_by_model()
+        assert stubs_before == {"lam_a2e": 1, "lam_a2e_offline": 2, "lam_a2e_stream": 1}
+        victim = next(pid for pid in process_group_members(server.process.pid)
+                      if b"lam_a2e/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        os.kill(victim, signal.SIGKILL)  # the network's stub: lam_a2e_offline reaches it through BLS
+        started = time.monotonic()
+        wait_until(lambda: supervisor.model_reloads >= 1, 30, "the model reloaded")
+        wait_until(lambda: infer_ok(server.grpc_url), 30, "the pipeline serving again")
+        assert time.monotonic() - started < 60
+        assert supervisor.restarts == 0 and server.stubs_by_model() == stubs_before
+        assert not Path(f"/proc/{victim}").exists() or "Z" in Path(f"/proc/{victim}/stat").read_text().split()[2]
+    finally:
+        supervisor.stop()
+        server.stop()
+
+
+def test_rest_answers_503_with_retry_after_while_a_stub_is_dead_then_serves_again(a2e_repository):
+    server = TritonServer(options(a2e_repository)).start()
+    frontend = FrontendProcess(server.grpc_url).start()
+    supervisor = None
+    speech = (PROJECT_ROOT / "examples" / "speech.wav").read_bytes()
+
+    def infer():
+        return httpx.post(f"{frontend.base_url}/api/infer", files={"audio_file": ("speech.wav", speech)}, timeout=60)
+
+    try:
+        assert infer().status_code == 200
+        healthy_stubs = server.stubs_by_model()
+        victim = next(pid for pid in process_group_members(server.process.pid)
+                      if b"/lam_a2e/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        os.kill(victim, signal.SIGKILL)  # the network's one stub: the route's pipeline reaches it through BLS
+        wait_until(lambda: "lam_a2e" not in server.stubs_by_model(), 10, "the stub gone")
+        # nobody supervises yet: every answer in the fault is 503 in the route's format, never 500
+        answers = [infer() for _ in range(4)]
+        assert {a.status_code for a in answers} == {503}, [a.text for a in answers]
+        assert all(a.headers["retry-after"] and set(a.json()) == {"detail"} for a in answers)
+        assert all("Stub process" not in a.text for a in answers)
+        supervisor = TritonSupervisor(server, poll_s=0.2, expected_stubs=healthy_stubs).start()
+        started = time.monotonic()
+        wait_until(lambda: infer().status_code == 200, 60, "the REST route serving again")
+        assert time.monotonic() - started < 60 and supervisor.model_reloads == 1 and supervisor.restarts == 0
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        frontend.stop()
+        server.stop()
 
 
 def test_the_server_dies_with_its_launcher_and_the_next_launch_cleans_up(a2e_repository, tmp_path):

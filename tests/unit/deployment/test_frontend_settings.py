@@ -108,3 +108,37 @@ def test_triton_errors_map_to_api_errors(status, message, expected):
     error = map_triton_error(InferenceServerException(msg=message, status=status), "whole-audio inference")
     assert type(error) is expected
     assert message.split(":")[0] in error.detail
+
+
+@pytest.mark.parametrize("message", [
+    "Stub process 'lam_a2e_offline_0_0' is not healthy.",
+    "network failed: lam_a2e failed: Stub process 'lam_a2e_0_0' is not healthy.",  # quoted by a BLS pipeline
+])
+def test_a_dead_stub_is_503_not_500(message):
+    error = map_triton_error(InferenceServerException(msg=message, status="StatusCode.INTERNAL"), "whole-audio inference")
+    assert type(error) is ServiceUnavailable and "retry shortly" in error.detail and "Stub process" not in error.detail
+
+
+def test_503_answers_carry_retry_after_in_the_route_format():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from frontend.errors import ERROR_FIELD_TAG, install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/plain")
+    async def plain():
+        raise ServiceUnavailable("model restarting")
+
+    @app.get("/tagged", tags=[ERROR_FIELD_TAG])
+    async def tagged():
+        raise ServiceUnavailable("model restarting")
+
+    client = TestClient(app)
+    plain_answer, tagged_answer = client.get("/plain"), client.get("/tagged")
+    assert plain_answer.status_code == tagged_answer.status_code == 503
+    assert plain_answer.headers["retry-after"] == tagged_answer.headers["retry-after"] == str(ServiceUnavailable.retry_after_s)
+    assert plain_answer.json() == {"detail": "model restarting"}
+    assert tagged_answer.json() == {"error": "model restarting", "code": 503, "details": None}
