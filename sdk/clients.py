@@ -49,22 +49,29 @@ def question_for(task: str, sentence: str | None = None) -> str:
     return f"The person in video says: {sentence}. {prompt}" if sentence else prompt
 
 
-class EmotionLLaMA:
-    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = EMOTION_LLAMA.generation_timeout_s,
-                 client: httpx.Client | None = None):
+class _RestClient:
+    """One httpx client per SDK client, or the caller's (then the caller closes it)."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float, client: httpx.Client | None):
         headers = {"X-API-Key": api_key} if api_key else {}
         self._owns_client = client is None
-        self._client = client or httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self._client = client or httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
 
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
 
-    def __enter__(self) -> EmotionLLaMA:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class EmotionLLaMA(_RestClient):
+    def __init__(self, api_url: str, api_key: str | None = None, timeout_s: float = EMOTION_LLAMA.generation_timeout_s,
+                 client: httpx.Client | None = None):
+        super().__init__(api_url, api_key, timeout_s, client)
 
     @staticmethod
     def _result(response: httpx.Response) -> AnalysisResult:
@@ -160,7 +167,7 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-class Hallo2Client:
+class Hallo2Client(_RestClient):
     """Client of the Hallo2 task API (``emo-hallo-api.zh.md``)::
 
         client = Hallo2Client("http://127.0.0.1:8080")
@@ -169,19 +176,7 @@ class Hallo2Client:
     """
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600.0, client: httpx.Client | None = None):
-        headers = {"X-API-Key": api_key} if api_key else {}
-        self._owns_client = client is None
-        self._client = client or httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> Hallo2Client:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        super().__init__(base_url, api_key, timeout_s, client)
 
     @staticmethod
     def _json(response: httpx.Response) -> dict:

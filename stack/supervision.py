@@ -22,7 +22,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -168,10 +167,9 @@ class TritonSupervisor:
     """
 
     def __init__(self, server, *, poll_s: float = 0.5, max_backoff_s: float = 30.0, stable_after_s: float = 60.0,
-                 on_restart: Callable[[int], None] | None = None, expected_stubs: dict[str, int] | None = None):
+                 expected_stubs: dict[str, int] | None = None):
         self.server = server
         self.poll_s, self.max_backoff_s, self.stable_after_s = poll_s, max_backoff_s, stable_after_s
-        self.on_restart = on_restart
         self.restarts = 0
         self.model_reloads = 0
         # python-backend processes per model of a healthy server (default: what it runs now)
@@ -196,9 +194,9 @@ class TritonSupervisor:
                     backoff = 1.0
                 if self._reload_models_with_dead_stubs():
                     continue
-                log.error("reloading a model did not help: restarting tritonserver")
+                log.error("reloading a model did not help: restarting tritonserver in %.0fs", backoff)
                 self.server.stop()
-            if process is not None:
+            elif process is not None:
                 log.error("tritonserver (pid %d) exited with code %s; restarting in %.0fs\n%s",
                           process.pid, process.returncode, backoff, self.server.log_tail(20))
             if self._stop.wait(backoff):
@@ -213,8 +211,6 @@ class TritonSupervisor:
             self._expected_stubs = self.server.stubs_by_model()
             up_since = time.monotonic()
             backoff = min(backoff * 2, self.max_backoff_s)
-            if self.on_restart is not None:
-                self.on_restart(self.restarts)
 
     def _reload_models_with_dead_stubs(self) -> bool:
         """Reload each model with fewer live stubs than it started with; False when a reload failed."""
