@@ -107,3 +107,6 @@ HALLO2_NETWORK_MODELS = (
     HALLO2_IMAGE_PROJ_MODEL, HALLO2_FACE_LOCATOR_MODEL, HALLO2_REFERENCE_UNET_MODEL, HALLO2_DENOISING_UNET_MODEL,
 )
 HALLO2_MODELS = (*HALLO2_NETWORK_MODELS, HALLO2_PIPELINE_MODEL)
+
+# the Triton models of each slice (the slice names of every layer: emoserve/<slice>/, export/<slice>.py, frontend/<slice>/)
+SLICE_MODELS = {"lam_a2e": A2E_MODELS, "emotion_llama": EMOTION_LLAMA_MODELS, "hallo2": HALLO2_MODELS}

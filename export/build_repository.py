@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.hallo2.defaults import HALLO2
 from emoserve.lam_a2e.defaults import LAM_A2E
-from emoserve.model_catalog import A2E_MODELS, EMOTION_LLAMA_MODELS, HALLO2_MODELS
+from emoserve.model_catalog import A2E_MODELS, EMOTION_LLAMA_MODELS, HALLO2_MODELS, SLICE_MODELS
 
 if TYPE_CHECKING:
     from export.model_config import ConfigRecipe, ModelConfig
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_REPOSITORY = PROJECT_ROOT / "model_repository"
-SLICES = ("lam_a2e", "emotion_llama", "hallo2")
+SLICES = tuple(SLICE_MODELS)
 
 
 @dataclass(frozen=True)

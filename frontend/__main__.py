@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import uvicorn
 
 from frontend.config import load_settings
 from frontend.main import create_app
+from frontend.observability import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level:
         overrides["log_level"] = args.log_level
     settings = load_settings(args.config_file, **overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level, log_config=None,
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,11 @@ class Hallo2Settings(BaseModel):
     recover_all_on_startup: bool = Field(True, description="one front end per database: every 'processing' task at startup is orphaned")
     poll_interval_s: float = Field(HALLO2.poll_interval_s, gt=0, description="how often a worker looks for tasks queued by other replicas")
     cancel_grace_s: float = Field(HALLO2.cancel_grace_s, ge=0, description="a cancelled runner is cancelled outright after this")
+    task_timeout_s: float = Field(HALLO2.task_timeout_s, gt=0, description="one task's whole Triton call")
+    progress_timeout_s: float = Field(HALLO2.progress_timeout_s, gt=0, description="the longest wait for the next progress response")
+    unavailable_retries: int = Field(HALLO2.unavailable_retries, ge=0, description="re-runs of a task that found Triton unavailable")
+    retry_backoff_s: float = Field(HALLO2.retry_backoff_s, gt=0, description="first wait before such a re-run (doubles each time)")
+    max_retry_backoff_s: float = Field(HALLO2.max_retry_backoff_s, gt=0)
 
 
 class Settings(BaseSettings):
@@ -71,8 +77,11 @@ class Settings(BaseSettings):
 
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = Field(120.0, gt=0, description="per Triton call")
+    triton_probe_timeout_s: float = Field(2.0, gt=0, description="health and readiness probes of Triton")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM: how long in-flight requests may take to finish")
     api_key: str | None = Field(None, description="when set, /api routes need header X-API-Key or Bearer token")
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line, with the request id")
     lam_a2e: LamA2ESettings = Field(default_factory=LamA2ESettings)
     emotion_llama: EmotionLlamaSettings = Field(default_factory=EmotionLlamaSettings)
     hallo2: Hallo2Settings = Field(default_factory=Hallo2Settings)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from frontend import ops
 from frontend.config import Settings
 from frontend.emotion_llama import router as emotion_llama
 from frontend.emotion_llama.engine import EmotionLlamaEngine, TritonEmotionLlamaEngine
@@ -22,6 +23,7 @@ from frontend.hallo2.service import Hallo2Service
 from frontend.lam_a2e import router as lam_a2e
 from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
 from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
+from frontend.observability import install_request_tracking
 from frontend.triton import TritonEngine
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        triton = TritonEngine(settings.triton_grpc_url, settings.triton_timeout_s)
+        triton = TritonEngine(settings.triton_grpc_url, settings.triton_timeout_s, settings.triton_probe_timeout_s)
+        app.state.triton = triton
         lam = lam_a2e_engine or TritonLamA2EEngine(triton)
 
         async def end_sequence(session: StreamSession) -> None:
@@ -72,7 +75,8 @@ def create_app(
         app.state.emotion_llama_engine = emotion_llama_engine or TritonEmotionLlamaEngine(triton)
         sweeper = asyncio.create_task(sessions.sweep_forever(settings.lam_a2e.session_sweep_interval_s))
         log.info("front end connected to Triton gRPC at %s", settings.triton_grpc_url)
-        tasks = Hallo2Service(settings.hallo2, hallo2_engine or TritonHallo2Engine(triton))
+        tasks = Hallo2Service(settings.hallo2, hallo2_engine or TritonHallo2Engine(
+            triton, task_timeout_s=settings.hallo2.task_timeout_s, progress_timeout_s=settings.hallo2.progress_timeout_s))
         try:
             await tasks.start()
             app.state.hallo2 = tasks
@@ -85,7 +89,7 @@ def create_app(
                 await sweeper
             await sessions.close_all()
             await triton.close()
-            app.state.lam_a2e_engine = app.state.emotion_llama_engine = None
+            app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.triton = None
 
     app = FastAPI(
         title="Emotion-AI serving stack",
@@ -95,7 +99,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.hallo2 = None
+    app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.hallo2 = app.state.triton = None
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -103,6 +107,8 @@ def create_app(
         refusal = oversized_body(settings, request.method, request.url.path, request.headers.get("content-length"))
         return refusal if refusal is not None else await call_next(request)
 
+    install_request_tracking(app)  # outermost: counts and tags every answer, the size middleware's 413s included
+    app.include_router(ops.router)
     for model in (lam_a2e, emotion_llama, hallo2):
         app.include_router(model.public)
         app.include_router(model.protected)

@@ -7,8 +7,12 @@ its slice: ``frontend/<model>/engine.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -45,15 +49,32 @@ def first_text(result, name: str) -> str:
 # Triton 2.51's answer for every request to a model whose python-backend stub died ("Stub process '<model>_0_0'
 # is not healthy."), also when quoted by a pipeline that called that model through BLS
 STUB_DOWN_MARKER = "is not healthy"
+# how long a model that answered "stub not healthy" counts as down for health, unless Triton reloaded it sooner
+STUB_DOWN_HOLD_S = 10.0
 
 
-def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
-    status = (exc.status() or "").upper()
-    message = exc.message() or str(exc)
+def error_facts(exc: BaseException) -> tuple[str, str]:
+    """(status name, message) of a tritonclient error or a raw gRPC one (the aio stream raises ``AioRpcError``)."""
+    if isinstance(exc, InferenceServerException):
+        return (exc.status() or "").upper(), exc.message() or str(exc)
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        details = exc.details() if callable(getattr(exc, "details", None)) else None
+        return (code.name if code is not None else "UNKNOWN"), details or ""
+    return "", str(exc)
+
+
+def map_triton_error(exc: BaseException, what: str) -> ApiError:
+    status, message = error_facts(exc)
     if "CANCELLED" in status:
-        return ServiceUnavailable(f"{what} was cancelled ({message})")
+        return ServiceUnavailable(f"{what} was cancelled by the inference server; retry shortly")
     if STUB_DOWN_MARKER in message:  # a python-backend process died: the stack reloads the model (stack/supervision.py)
         return ServiceUnavailable(f"{what}: the model is being restarted after a failure; retry shortly")
+    if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status:
+        # the raw text names Triton's address: logged, not answered
+        log.warning("%s: Triton %s: %s", what, status, message)
+        reason = "did not answer in time" if "DEADLINE" in status else "is unavailable"
+        return ServiceUnavailable(f"{what}: the inference server {reason}; retry shortly")
     if "INTERNAL" in status:  # a model ran and failed (its message may quote a dependency's error)
         return InferenceFailed(f"{what} failed: {message}")
     if "unknown model" in message or "is not ready" in message:
@@ -62,39 +83,74 @@ def map_triton_error(exc: InferenceServerException, what: str) -> ApiError:
         return NotFound(message)
     if "INVALID_ARG" in status:
         return BadRequest(message)
-    if "UNAVAILABLE" in status or "DEADLINE_EXCEEDED" in status:
-        return ServiceUnavailable(f"{what}: Triton is unavailable ({message})")
     return InferenceFailed(f"{what} failed: {message}")
 
 
 class TritonEngine:
-    """The one pooled gRPC client of the app; the per-model engines call Triton through it."""
+    """The one pooled gRPC client of the app; the per-model engines call Triton through it.
 
-    def __init__(self, url: str, timeout_s: float):
+    Health reads :meth:`model_states`: one repository-index call under ``probe_timeout_s``, shared by every health
+    route for ``readiness_cache_s``; a model that just answered "stub not healthy" counts as down meanwhile.
+    """
+
+    def __init__(self, url: str, timeout_s: float, probe_timeout_s: float = 2.0, readiness_cache_s: float = 1.0):
         self.url = url
         self.timeout_s = timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        self.readiness_cache_s = readiness_cache_s
         self.client = grpcclient.InferenceServerClient(url=url)
         self._model_facts: dict[str, dict] = {}
+        self._states: dict[str, str] = {}
+        self._states_at = -float("inf")
+        self._states_lock = asyncio.Lock()
+        self._down_until: dict[str, float] = {}
 
     async def close(self) -> None:
         await self.client.close()
 
-    async def models_ready(self, models=A2E_MODELS) -> bool:
+    async def model_states(self) -> dict[str, str]:
+        """{model: Triton state ("READY", "UNAVAILABLE", "LOADING" ...)}; {} when Triton does not answer in time."""
+        async with self._states_lock:
+            if time.monotonic() - self._states_at >= self.readiness_cache_s:
+                self._states = await self._probe_states()
+                self._states_at = time.monotonic()
+            states = dict(self._states)
+        now = time.monotonic()
+        for model, until in self._down_until.items():
+            if until > now and model in states:
+                states[model] = "STUB_DOWN"
+        return states
+
+    async def _probe_states(self) -> dict[str, str]:
         try:
-            if not await self.client.is_server_ready():
-                return False
-            for model in models:
-                if not await self.client.is_model_ready(model):
-                    return False
-        except InferenceServerException:
-            return False
-        return True
+            if not await self.client.is_server_ready(client_timeout=self.probe_timeout_s):
+                return {}
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=self.probe_timeout_s)
+        except InferenceServerException as exc:
+            log.debug("Triton readiness probe: %s", exc)
+            return {}
+        states: dict[str, str] = {}
+        for entry in index.get("models", []):
+            state = entry.get("state", "")
+            # several versions: the model is ready when one is
+            if states.get(entry["name"]) != "READY":
+                states[entry["name"]] = state
+        return states
+
+    async def models_ready(self, models=A2E_MODELS) -> bool:
+        states = await self.model_states()
+        return all(states.get(model) == "READY" for model in models)
+
+    def _note_failure(self, model: str, exc: BaseException) -> None:
+        if STUB_DOWN_MARKER in error_facts(exc)[1]:
+            self._down_until[model] = time.monotonic() + STUB_DOWN_HOLD_S
+            self._states_at = -float("inf")  # the next health probe asks Triton again
 
     async def model_facts(self, model: str) -> dict:
         """Weights description and whether the model runs on a GPU, from the model's Triton config."""
         if model not in self._model_facts:
             try:
-                config = (await self.client.get_model_config(model, as_json=True))["config"]
+                config = (await self.client.get_model_config(model, as_json=True, client_timeout=self.probe_timeout_s))["config"]
             except InferenceServerException as exc:
                 raise map_triton_error(exc, f"reading {model} config") from None
             instance_kinds = {group.get("kind", "KIND_CPU") for group in config.get("instance_group", [])}
@@ -106,5 +162,36 @@ class TritonEngine:
         """One unary call (``client.infer`` keywords) under the client timeout; Triton errors mapped for ``what``."""
         try:
             return await self.client.infer(client_timeout=self.timeout_s, **kwargs)
-        except InferenceServerException as exc:
+        except (InferenceServerException, grpc.RpcError) as exc:
+            self._note_failure(kwargs.get("model_name", ""), exc)
             raise map_triton_error(exc, what) from None
+
+    async def stream(self, what: str, model_name: str, inputs, outputs=None, *, timeout_s: float,
+                     idle_timeout_s: float | None = None) -> AsyncIterator:
+        """The results of one request to a decoupled model, as they arrive, within ``timeout_s`` in all and
+        ``idle_timeout_s`` between two responses (a Triton that accepts and never answers is a 503, not a hang).
+        Every Triton or gRPC error is raised as the API's typed error; leaving early cancels the call."""
+
+        async def requests():
+            yield {"model_name": model_name, "inputs": inputs, "outputs": outputs}
+
+        call = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+        iterator = call.__aiter__()
+        try:
+            while True:
+                try:
+                    result, error = await asyncio.wait_for(iterator.__anext__(), idle_timeout_s)
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    raise ServiceUnavailable(f"{what}: the inference server sent nothing for {idle_timeout_s:.0f}s; "
+                                             "retry shortly") from None
+                if error is not None:
+                    self._note_failure(model_name, error)
+                    raise map_triton_error(error, what)
+                yield result
+        except (InferenceServerException, grpc.RpcError) as exc:
+            self._note_failure(model_name, exc)
+            raise map_triton_error(exc, what) from None
+        finally:
+            call.cancel()

@@ -77,3 +77,69 @@ class FrontendProcess:
                 process.wait(timeout=10)
         if self._owns_log:
             self.log_path.unlink(missing_ok=True)
+
+
+class StackProcess:
+    """``python -m stack`` (tritonserver + front end, supervised) on free loopback ports, in ``workdir`` (its
+    ``logs/`` and, unless ``env`` says otherwise, its Hallo2 ``data/``). ``start()`` waits for ``/readyz``."""
+
+    def __init__(self, model_repository: Path, workdir: Path, env: dict[str, str] | None = None):
+        self.model_repository = Path(model_repository)
+        self.workdir = Path(workdir)
+        self.port, self.triton_http_port, self.triton_grpc_port, self.triton_metrics_port = (free_port() for _ in range(4))
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, **(env or {}))
+        self.log_path = self.workdir / "stack.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"127.0.0.1:{self.triton_grpc_port}"
+
+    def start(self, timeout_s: float = 180.0) -> StackProcess:
+        import httpx
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stack", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--model-repository", str(self.model_repository), "--triton-http-port", str(self.triton_http_port),
+                 "--triton-grpc-port", str(self.triton_grpc_port), "--triton-metrics-port", str(self.triton_metrics_port)],
+                cwd=self.workdir, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the stack exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=3).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.kill()
+        raise RuntimeError(f"the stack was not ready after {timeout_s:.0f}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no stack log)"
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM (what an orchestrator sends) and wait for the exit; its code."""
+        process = self.process
+        if process is None:
+            return 0
+        process.terminate()
+        try:
+            return process.wait(timeout=timeout_s)
+        finally:
+            self.process = None
+
+    def kill(self) -> None:
+        """``kill -9`` of the stack process (no clean-up of its own runs)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

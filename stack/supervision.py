@@ -171,11 +171,26 @@ class TritonSupervisor:
         self.server = server
         self.poll_s, self.max_backoff_s, self.stable_after_s = poll_s, max_backoff_s, stable_after_s
         self.restarts = 0
-        self.model_reloads = 0
+        self.reloads_by_model: dict[str, int] = {}
         # python-backend processes per model of a healthy server (default: what it runs now)
         self._expected_stubs = expected_stubs if expected_stubs is not None else server.stubs_by_model()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
+
+    @property
+    def model_reloads(self) -> int:
+        return sum(self.reloads_by_model.values())
+
+    def collect(self):
+        """prometheus_client collector protocol: the supervisor's recoveries, on the front end's ``/metrics``."""
+        from prometheus_client.core import CounterMetricFamily
+
+        reloads = CounterMetricFamily("emoserve_model_recoveries", "models reloaded after their python-backend process died",
+                                      labels=["model"])
+        for model, count in sorted(self.reloads_by_model.items()):
+            reloads.add_metric([model], count)
+        yield reloads
+        yield CounterMetricFamily("emoserve_triton_restarts", "tritonserver restarts by the stack's supervisor", value=self.restarts)
 
     def start(self) -> TritonSupervisor:
         self._thread.start()
@@ -189,6 +204,7 @@ class TritonSupervisor:
         backoff, up_since = 1.0, time.monotonic()
         while not self._stop.wait(self.poll_s):
             process = self.server.process
+            self.server.bound_log()
             if process is not None and process.poll() is None:
                 if time.monotonic() - up_since > self.stable_after_s:
                     backoff = 1.0
@@ -224,7 +240,7 @@ class TritonSupervisor:
             except Exception as exc:
                 log.error("reloading %s failed: %s", model, exc)
                 return False
-            self.model_reloads += 1
+            self.reloads_by_model[model] = self.reloads_by_model.get(model, 0) + 1
             if self.server.stubs_by_model().get(model, 0) < expected:
                 log.error("%s still lacks python-backend processes after its reload", model)
                 return False

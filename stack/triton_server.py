@@ -38,6 +38,7 @@ from stack.supervision import (
     process_group_members,
     remove_stale_leftovers,
 )
+from stack.watchdog import start_watchdog, stop_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class TritonServerOptions:
     log_verbose: int = 0
     startup_timeout_s: float = 180.0
     log_path: Path | None = None
+    # the log is cut (its content kept as <log>.1) when it grows past this, at start and by the supervisor
+    log_max_bytes: int = 64 * 1024 * 1024
     # explicit model control (every model loaded at start) lets the stack reload a model whose stub died
     explicit_model_control: bool = True
     extra_args: list[str] = field(default_factory=list)
@@ -114,6 +117,7 @@ class TritonServer:
         self.options = options
         self.shm_prefix = self._new_shm_prefix()
         self.process: subprocess.Popen | None = None
+        self._watchdog: subprocess.Popen | None = None
         self._owned_log_dir: str | None = None
         if options.log_path is None:
             self._owned_log_dir = tempfile.mkdtemp(prefix="tritonserver-log-")
@@ -170,7 +174,8 @@ class TritonServer:
             raise TritonLaunchError(f"model repository {self.options.model_repository} does not exist; build it first (make repo)")
         remove_stale_leftovers()
         self.check_ports()
-        log_file = open(self.log_path, "ab")
+        self.bound_log()
+        log_file = open(self.log_path, "ab")  # O_APPEND: the server's writes follow a truncation to the new end
         try:
             self.process = subprocess.Popen(
                 self.command(),
@@ -185,6 +190,7 @@ class TritonServer:
             )
         finally:
             log_file.close()
+        self._watchdog = start_watchdog(self.process.pid, self.shm_prefix)
         try:
             self.wait_ready()
             self.confirm_identity()
@@ -262,6 +268,18 @@ class TritonServer:
             f"failed to start)\n{self.log_tail()}"
         )
 
+    def bound_log(self) -> bool:
+        """Copy-and-truncate the log once it is over ``log_max_bytes`` (``<log>.1`` keeps the previous part). The
+        server keeps writing to the same open file; lines written between the copy and the truncation are lost."""
+        try:
+            if self.log_path.stat().st_size <= self.options.log_max_bytes:
+                return False
+            shutil.copyfile(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+            os.truncate(self.log_path, 0)
+        except OSError:
+            return False
+        return True
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
@@ -285,6 +303,8 @@ class TritonServer:
         end_process_group(process.pid, grace_s)
         process.wait(timeout=10)
         _remove_shm_regions(self.shm_prefix)
+        watchdog, self._watchdog = self._watchdog, None
+        stop_watchdog(watchdog)
 
     def __enter__(self) -> TritonServer:
         return self.start()

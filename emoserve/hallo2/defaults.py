@@ -28,6 +28,14 @@ class Hallo2Defaults:
     stale_after_s: float = 60.0  # a processing task without a heartbeat this long is re-queued
     poll_interval_s: float = 1.0  # how often a worker looks for tasks queued by other replicas
     cancel_grace_s: float = 10.0  # a cancelled runner is cancelled outright after this
+    # the task's Triton stream: all of it, and between two progress responses (a hung server is not waited on forever)
+    task_timeout_s: float = 3600.0
+    progress_timeout_s: float = 300.0
+    # a task whose Triton call finds the server unavailable (restarting, reloading a model) is run again after
+    # 2, 4, 8 ... s (at most max_retry_backoff_s), this many times, before it fails
+    unavailable_retries: int = 6
+    retry_backoff_s: float = 2.0
+    max_retry_backoff_s: float = 30.0
 
 
 HALLO2 = Hallo2Defaults()

@@ -15,7 +15,6 @@ from typing import Annotated, Protocol
 
 import numpy as np
 from fastapi import Depends, Request
-from tritonclient.utils import InferenceServerException
 
 from emoserve.model_catalog import (
     EMOTION_PIPELINE_MODEL,
@@ -33,7 +32,7 @@ from emoserve.model_catalog import (
 )
 from frontend.deps import engine_from_state
 from frontend.errors import InferenceFailed, ServiceUnavailable
-from frontend.triton import TritonEngine, bytes_tensor, map_triton_error, requested, tensor
+from frontend.triton import TritonEngine, bytes_tensor, requested, tensor
 
 Sampling = dict[str, float | int | None]  # tensor name -> value (None: the model's default); see schemas.Sampling.as_inputs
 
@@ -77,15 +76,10 @@ class TritonEmotionLlamaEngine:
             if value is not None:
                 inputs.append(tensor(name, np.array([value], dtype=_SAMPLING_TYPES[name])))
 
-        async def requests():
-            yield {"model_name": EMOTION_PIPELINE_MODEL, "inputs": inputs,
-                   "outputs": requested(TEXT_DELTA, TEXT, TOKEN_IDS, RESULT_METADATA)}
-
-        stream = self.triton.client.stream_infer(requests(), stream_timeout=timeout_s)
+        outputs = requested(TEXT_DELTA, TEXT, TOKEN_IDS, RESULT_METADATA)
+        stream = self.triton.stream("Emotion-LLaMA", EMOTION_PIPELINE_MODEL, inputs, outputs, timeout_s=timeout_s, idle_timeout_s=timeout_s)
         try:
-            async for result, error in stream:
-                if error is not None:
-                    raise map_triton_error(error, "Emotion-LLaMA")
+            async for result in stream:
                 delta = result.as_numpy(TEXT_DELTA)
                 if delta is not None:
                     yield GenerationEvent(delta=delta.reshape(-1)[0].decode("utf-8"))
@@ -97,10 +91,8 @@ class TritonEmotionLlamaEngine:
                     yield GenerationEvent(text=text.reshape(-1)[0].decode("utf-8"), token_ids=token_ids, metadata=metadata)
                     return
             raise InferenceFailed("Emotion-LLaMA: the stream ended without an answer")
-        except InferenceServerException as exc:
-            raise map_triton_error(exc, "Emotion-LLaMA") from None
         finally:
-            stream.cancel()
+            await stream.aclose()
 
     async def generate(self, video: bytes, prompt: str, sampling: Sampling, timeout_s: float) -> GenerationEvent:
         async def run() -> GenerationEvent:

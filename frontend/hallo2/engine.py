@@ -5,12 +5,13 @@ progress responses, then the MP4 with its ``RESULT_METADATA``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Protocol
 
 import numpy as np
-from tritonclient.utils import InferenceServerException
 
+from emoserve.hallo2.defaults import HALLO2
 from emoserve.model_catalog import (
     AUDIO_BYTES,
     GUIDANCE_SCALE,
@@ -28,7 +29,7 @@ from emoserve.model_catalog import (
 from frontend.errors import InferenceFailed
 from frontend.hallo2.schemas import GpuDevice, GpuInfo
 from frontend.hallo2.worker import Hallo2Video, ProgressCallback, TaskInputs
-from frontend.triton import TritonEngine, bytes_tensor, first_text, map_triton_error, tensor
+from frontend.triton import TritonEngine, bytes_tensor, first_text, tensor
 
 
 class Hallo2Engine(Protocol):
@@ -46,9 +47,11 @@ class Hallo2Engine(Protocol):
 class TritonHallo2Engine:
     """The Triton runner of the Hallo2 task worker (:meth:`run`), and the health probes."""
 
-    def __init__(self, triton: TritonEngine, probe_timeout_s: float = 5.0):
+    def __init__(self, triton: TritonEngine, *, task_timeout_s: float = HALLO2.task_timeout_s,
+                 progress_timeout_s: float = HALLO2.progress_timeout_s):
         self.triton = triton
-        self.probe_timeout_s = probe_timeout_s
+        self.task_timeout_s = task_timeout_s
+        self.progress_timeout_s = progress_timeout_s
         self._gpu_info: GpuInfo | None = None
 
     async def run(self, inputs: TaskInputs, progress: ProgressCallback, cancel: asyncio.Event) -> Hallo2Video:
@@ -82,10 +85,8 @@ class TritonHallo2Engine:
         if seed is not None:
             inputs.append(tensor(SEED, np.array([seed], np.uint64)))
 
-        async def requests():
-            yield {"model_name": HALLO2_PIPELINE_MODEL, "inputs": inputs}
-
-        stream = self.triton.client.stream_infer(requests())
+        stream = self.triton.stream("Hallo2", HALLO2_PIPELINE_MODEL, inputs, timeout_s=self.task_timeout_s,
+                                    idle_timeout_s=self.progress_timeout_s)
         watcher = asyncio.create_task(cancel.wait())
         try:
             iterator = stream.__aiter__()
@@ -94,22 +95,20 @@ class TritonHallo2Engine:
                 done, _ = await asyncio.wait({step, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if watcher in done:
                     step.cancel()
+                    with contextlib.suppress(BaseException):
+                        await step  # the stream is closed below only once nothing runs inside it
                     raise asyncio.CancelledError("Hallo2 task cancelled")
                 try:
-                    result, error = step.result()
+                    result = step.result()
                 except StopAsyncIteration:
                     raise InferenceFailed("Hallo2: the stream ended without a video") from None
-                if error is not None:
-                    raise map_triton_error(error, "Hallo2")
                 video = result.as_numpy(VIDEO_MP4)
                 if video is not None:
                     return Hallo2Video(bytes(video.reshape(-1)[0]), json.loads(result.as_numpy(RESULT_METADATA).reshape(-1)[0]))
                 await progress(float(result.as_numpy(PROGRESS).reshape(-1)[0]), first_text(result, STATUS_MESSAGE))
-        except InferenceServerException as exc:
-            raise map_triton_error(exc, "Hallo2") from None
         finally:
             watcher.cancel()
-            stream.cancel()
+            await stream.aclose()
 
     async def models_loaded(self) -> list[str]:
         return [HALLO2_PIPELINE_MODEL] if await self.triton.models_ready(HALLO2_MODELS) else []
@@ -121,7 +120,7 @@ class TritonHallo2Engine:
             return self._gpu_info
         try:
             config = (await asyncio.wait_for(self.triton.client.get_model_config(HALLO2_PIPELINE_MODEL, as_json=True),
-                                             self.probe_timeout_s))["config"]
+                                             self.triton.probe_timeout_s))["config"]
         except Exception:
             return GpuInfo()  # not loaded yet: ask again next time
         groups = [g for g in config.get("instance_group", []) if g.get("kind", "KIND_CPU") in ("KIND_GPU", "KIND_AUTO")]

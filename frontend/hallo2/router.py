@@ -15,6 +15,7 @@ the app's lifespan starts (``frontend/main.py``). A declared body over the uploa
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any
@@ -174,8 +175,9 @@ async def existing_task(service: Hallo2Service, task_id: str) -> Task:
 
 @public.get("/health", response_model=SimpleHealth, summary="Simple health check")
 async def simple_health(service: ServiceDep) -> SimpleHealth:
-    gpu = await service.gpu_info()
-    return SimpleHealth(status="healthy", gpu_available=gpu.available, gpu_count=gpu.count,
+    gpu, models = await asyncio.gather(service.gpu_info(), service.models_loaded())
+    status = "healthy" if service.model_name in models else "unhealthy"
+    return SimpleHealth(status=status, gpu_available=gpu.available, gpu_count=gpu.count,
                         gpu_name=gpu.devices[0].name if gpu.devices else None)
 
 

@@ -18,7 +18,7 @@ from frontend.config import Hallo2Settings
 from frontend.hallo2.engine import Hallo2Engine
 from frontend.hallo2.schemas import GpuInfo
 from frontend.hallo2.tasks import InferenceConfig, TaskStore
-from frontend.hallo2.worker import TaskWorker
+from frontend.hallo2.worker import RetryPolicy, TaskWorker
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class Hallo2Service:
         await store.recover_on_startup(0.0 if settings.recover_all_on_startup else settings.stale_after_s)
         worker = TaskWorker(store, self.engine.run, settings.max_concurrent_tasks, poll_interval_s=settings.poll_interval_s,
                             heartbeat_interval_s=settings.heartbeat_interval_s, stale_after_s=settings.stale_after_s,
-                            cancel_grace_s=settings.cancel_grace_s)
+                            cancel_grace_s=settings.cancel_grace_s,
+                            retry=RetryPolicy(settings.unavailable_retries, settings.retry_backoff_s, settings.max_retry_backoff_s))
         await worker.start()
         self.store, self.worker = store, worker
         self.started_at = time.monotonic()

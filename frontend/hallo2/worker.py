@@ -40,7 +40,9 @@ from pathlib import Path
 import anyio
 
 from emoserve.hallo2.defaults import HALLO2
+from frontend.errors import ServiceUnavailable
 from frontend.hallo2.tasks import Task, TaskStore
+from frontend.observability import HALLO2_OUTCOMES
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,19 @@ def describe_video(metadata: dict) -> dict:
         return {}
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A runner that raises :class:`ServiceUnavailable` (Triton restarting, a model reloading, a deadline) is run
+    again from the start after ``backoff_s``, doubling up to ``max_backoff_s``, at most ``retries`` times."""
+
+    retries: int = HALLO2.unavailable_retries
+    backoff_s: float = HALLO2.retry_backoff_s
+    max_backoff_s: float = HALLO2.max_retry_backoff_s
+
+    def wait_before(self, retry: int) -> float:
+        return min(self.backoff_s * 2 ** (retry - 1), self.max_backoff_s)
+
+
 class _Running:
     def __init__(self, task: Task):
         self.task = task
@@ -103,6 +118,7 @@ class TaskWorker:
         heartbeat_interval_s: float = HALLO2.heartbeat_interval_s,
         stale_after_s: float = HALLO2.stale_after_s,
         cancel_grace_s: float = HALLO2.cancel_grace_s,
+        retry: RetryPolicy = RetryPolicy(),
         worker_id: str | None = None,
     ):
         if max_concurrent_tasks < 1:
@@ -114,6 +130,7 @@ class TaskWorker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.stale_after_s = stale_after_s
         self.cancel_grace_s = cancel_grace_s
+        self.retry = retry
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[str, _Running] = {}
         self.peak_running = 0
@@ -232,7 +249,7 @@ class TaskWorker:
                 entry.cancel.set()  # no longer ours: cancelled (or re-queued) in the database
 
         started = time.perf_counter()
-        runner_job = asyncio.create_task(self.runner(inputs, progress, entry.cancel))
+        runner_job = asyncio.create_task(self._run_with_retries(inputs, progress, entry.cancel))
         cancel_wait = asyncio.create_task(entry.cancel.wait())
         try:
             await asyncio.wait({runner_job, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -267,6 +284,7 @@ class TaskWorker:
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             log.warning("hallo2 task %s failed: %s", task.task_id, detail)
             await store.fail(task.task_id, self.worker_id, f"inference failed: {detail}")
+            HALLO2_OUTCOMES.labels("failed").inc()
             return
         if not isinstance(output, Hallo2Video) or not isinstance(output.video, (bytes, bytearray)) or not output.video:
             await store.fail(task.task_id, self.worker_id, "inference failed: the model produced no video")
@@ -275,10 +293,30 @@ class TaskWorker:
         result["processing_time"] = round(elapsed, 3)
         if not await store.complete(task.task_id, self.worker_id, bytes(output.video), result):
             log.info("hallo2 task %s finished after it was cancelled; its video is discarded", task.task_id)
+            return
+        HALLO2_OUTCOMES.labels("completed").inc()
+
+    async def _run_with_retries(self, inputs: TaskInputs, progress: ProgressCallback, cancel: asyncio.Event) -> Hallo2Video:
+        retry = 0
+        while True:
+            try:
+                return await self.runner(inputs, progress, cancel)
+            except ServiceUnavailable as exc:
+                retry += 1
+                if retry > self.retry.retries or cancel.is_set():
+                    raise
+                wait = self.retry.wait_before(retry)
+                log.warning("hallo2 task %s: %s; running it again in %.0fs (retry %d of %d)", inputs.task_id, exc.detail, wait,
+                            retry, self.retry.retries)
+                HALLO2_OUTCOMES.labels("retried").inc()
+                await progress(0, f"Waiting for the inference server (retry {retry} of {self.retry.retries} in {wait:.0f}s)")
+                await asyncio.sleep(wait)
 
     async def _interrupted(self, entry: _Running, shutting_down: bool = False) -> None:
         task_id = entry.task.task_id
         if shutting_down or entry.shutting_down:
             await self.store.requeue(task_id, self.worker_id, "the server shut down while processing it")
+            HALLO2_OUTCOMES.labels("requeued").inc()
             return
+        HALLO2_OUTCOMES.labels("cancelled").inc()
         await self.store.append_log(task_id, "Processing stopped (task cancelled)")

@@ -105,6 +105,12 @@ def test_a_killed_stub_is_reloaded_and_its_model_serves_again(a2e_repository):
         wait_until(lambda: infer_ok(server.grpc_url), 30, "the pipeline serving again")
         assert time.monotonic() - started < 60
         assert supervisor.restarts == 0 and server.stubs_by_model() == stubs_before
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry()
+        registry.register(supervisor)  # what python -m stack adds to the front end's /metrics
+        exposed = generate_latest(registry).decode()
+        assert 'emoserve_model_recoveries_total{model="lam_a2e"} 1.0' in exposed and "emoserve_triton_restarts_total 0.0" in exposed
         assert not Path(f"/proc/{victim}").exists() or "Z" in Path(f"/proc/{victim}/stat").read_text().split()[2]
     finally:
         supervisor.stop()

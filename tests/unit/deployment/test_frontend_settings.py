@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import grpc
 import pytest
 from tritonclient.utils import InferenceServerException
 
@@ -92,22 +93,54 @@ def test_invalid_setting_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "status, message, expected",
+    "status, message, expected, shown",
     [
-        ("StatusCode.INVALID_ARGUMENT", "id_idx must be in 0..11, got 12", BadRequest),
-        ("StatusCode.INVALID_ARGUMENT", "inference request for sequence 5 to model 'lam_a2e_stream' must specify the START flag", NotFound),
-        ("StatusCode.NOT_FOUND", "sequence 5 is not active", NotFound),
-        ("StatusCode.INTERNAL", "inference failed: lam_a2e failed: Request for unknown model", InferenceFailed),
-        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServiceUnavailable),
-        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", ServiceUnavailable),
-        ("StatusCode.NOT_FOUND", "Request for unknown model: 'lam_a2e_offline' is not found", ServiceUnavailable),
-        ("StatusCode.UNKNOWN", "something else", InferenceFailed),
+        ("StatusCode.INVALID_ARGUMENT", "id_idx must be in 0..11, got 12", BadRequest, "id_idx must be in 0..11"),
+        ("StatusCode.INVALID_ARGUMENT", "inference request for sequence 5 to model 'lam_a2e_stream' must specify the START flag", NotFound,
+         "must specify the START flag"),
+        ("StatusCode.NOT_FOUND", "sequence 5 is not active", NotFound, "sequence 5 is not active"),
+        ("StatusCode.INTERNAL", "inference failed: lam_a2e failed: Request for unknown model", InferenceFailed, "inference failed"),
+        # the gRPC layer's text names Triton's address: the answer says what happened, not where
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses; last error: ipv4:10.1.2.3:8001", ServiceUnavailable,
+         "the inference server is unavailable"),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", ServiceUnavailable, "the inference server did not answer in time"),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'lam_a2e_offline' is not found", ServiceUnavailable,
+         "Request for unknown model"),
+        ("StatusCode.UNKNOWN", "something else", InferenceFailed, "something else"),
     ],
 )
-def test_triton_errors_map_to_api_errors(status, message, expected):
+def test_triton_errors_map_to_api_errors(status, message, expected, shown):
     error = map_triton_error(InferenceServerException(msg=message, status=status), "whole-audio inference")
     assert type(error) is expected
-    assert message.split(":")[0] in error.detail
+    assert shown in error.detail
+    assert "10.1.2.3" not in error.detail
+
+
+class _AioRpcError(grpc.RpcError):
+    """What grpc.aio raises from a stream (tritonclient does not wrap stream errors)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize("code, expected", [
+    (grpc.StatusCode.UNAVAILABLE, ServiceUnavailable),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, ServiceUnavailable),
+    (grpc.StatusCode.CANCELLED, ServiceUnavailable),
+    (grpc.StatusCode.INTERNAL, InferenceFailed),
+    (grpc.StatusCode.INVALID_ARGUMENT, BadRequest),
+])
+def test_raw_grpc_errors_of_streams_are_mapped_too(code, expected):
+    error = map_triton_error(_AioRpcError(code, "ipv4:127.0.0.1:8001: boom"), "Emotion-LLaMA")
+    assert type(error) is expected
+    if expected is ServiceUnavailable:
+        assert "127.0.0.1" not in error.detail and "retry shortly" in error.detail
 
 
 @pytest.mark.parametrize("message", [
