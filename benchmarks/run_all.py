@@ -27,7 +27,7 @@ from benchmarks import common as c
 log = logging.getLogger("run_all")
 
 DEFAULT_OUT = c.PROJECT_ROOT / "benchmarks" / "RESULTS.md"
-STEP_NAMES = ("perf_analyzer", "floor", "tuning", "rest_load")
+STEP_NAMES = ("perf_analyzer", "floor", "tuning", "rest_load", "recovery")
 
 
 @dataclass
@@ -67,6 +67,8 @@ def steps(quick: bool) -> list[Step]:
              ("Decisions",), ("Decisions",), ("defaults",)),
         Step("rest_load", "REST load generator — front end vs Triton-direct, per-model serving figures", c.RESULTS_DIR / f"rest-load{q}.md",
              600.0 if quick else 1260.0, ("1. REST / Triton-direct", "Summary"), ("1. REST / Triton-direct",)),
+        Step("recovery", "Recovery — time to serve again after each fault", c.RESULTS_DIR / f"recovery{q}.md",
+             300.0 if quick else 600.0, ("Summary",), ("Summary",), ("seconds to recover, median / max",)),
     ]
 
 

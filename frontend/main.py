@@ -89,7 +89,7 @@ def create_app(
                 await sweeper
             await sessions.close_all()
             await triton.close()
-            app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.triton = None
+            app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.triton = app.state.sessions = None
 
     app = FastAPI(
         title="Emotion-AI serving stack",
@@ -99,7 +99,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.hallo2 = app.state.triton = None
+    app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.hallo2 = app.state.triton = app.state.sessions = None
     install_error_handlers(app)
 
     @app.middleware("http")

@@ -142,9 +142,9 @@ class TritonEngine:
         return all(states.get(model) == "READY" for model in models)
 
     def _note_failure(self, model: str, exc: BaseException) -> None:
+        self._states_at = -float("inf")  # whatever failed, the next health probe asks Triton again
         if STUB_DOWN_MARKER in error_facts(exc)[1]:
             self._down_until[model] = time.monotonic() + STUB_DOWN_HOLD_S
-            self._states_at = -float("inf")  # the next health probe asks Triton again
 
     async def model_facts(self, model: str) -> dict:
         """Weights description and whether the model runs on a GPU, from the model's Triton config."""

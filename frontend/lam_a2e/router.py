@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from emoserve.audio import AudioDecodeError, decode_audio
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
-from frontend.deps import SettingsDep, read_upload, require_api_key
+from frontend.deps import SettingsDep, engine_from_state, read_upload, require_api_key
 from frontend.errors import BadRequest, NotFound, ServiceUnavailable
 from frontend.lam_a2e.engine import EngineDep
 from frontend.lam_a2e.schemas import (
@@ -36,7 +36,7 @@ protected = APIRouter(prefix="/api", tags=["LAM-A2E"], dependencies=[Depends(req
 
 
 def get_sessions(request: Request) -> SessionRegistry:
-    return request.app.state.sessions
+    return engine_from_state(request, "sessions")
 
 
 SessionsDep = Annotated[SessionRegistry, Depends(get_sessions)]

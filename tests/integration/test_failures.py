@@ -51,12 +51,15 @@ def _infer(frontend: FrontendProcess) -> httpx.Response:
 
 def test_network_failure_inside_the_pipeline_is_500_and_recovers(explicit_triton, fault_frontend):
     control = httpclient.InferenceServerClient(explicit_triton.http_url)
+    session = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={}).json()["session_id"]
     control.unload_model(A2E_NETWORK_MODEL)
     try:
         response = _infer(fault_frontend)
         assert response.status_code == 500
         assert "failed" in response.json()["detail"] and A2E_NETWORK_MODEL in response.json()["detail"]
-        session = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={}).json()["session_id"]
+        # a new session is refused while the models cannot serve; an open one learns of the failure on its chunk
+        refused = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={})
+        assert refused.status_code == 503 and refused.headers["retry-after"]
         chunk = httpx.post(
             f"{fault_frontend.base_url}/api/infer_stream_chunk",
             data={"session_id": session},

@@ -149,30 +149,46 @@ def test_rest_answers_503_with_retry_after_while_a_stub_is_dead_then_serves_agai
         server.stop()
 
 
-def test_the_server_dies_with_its_launcher_and_the_next_launch_cleans_up(a2e_repository, tmp_path):
-    opts = options(a2e_repository)
+def _launch_and_kill_9(repository: Path, opts, also_kill_watchdog: bool) -> tuple[int, str]:
+    """A launcher process that starts a server, then ``kill -9`` of it (and of its watchdog); (server pid, shm prefix)."""
     launcher = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
         from stack.triton_server import TritonServer, TritonServerOptions
-        server = TritonServer(TritonServerOptions(Path({str(a2e_repository)!r}), http_port={opts.http_port},
+        server = TritonServer(TritonServerOptions(Path({str(repository)!r}), http_port={opts.http_port},
                               grpc_port={opts.grpc_port}, metrics_port={opts.metrics_port})).start()
-        print(server.process.pid, server.shm_prefix, flush=True)
+        print(server.process.pid, server.shm_prefix, server._watchdog.pid, flush=True)
         time.sleep(600)
     """)
     process = subprocess.Popen([sys.executable, "-c", launcher], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        server_pid, prefix = process.stdout.readline().split()
-        server_pid = int(server_pid)
+        server_pid, prefix, watchdog_pid = process.stdout.readline().split()
         assert leftover_shm_regions(prefix)
+        if also_kill_watchdog:
+            os.kill(int(watchdog_pid), signal.SIGKILL)
         process.kill()  # kill -9 of the launcher: no finally block runs there
         process.wait(timeout=10)
-        wait_until(lambda: not Path(f"/proc/{server_pid}").exists() or "Z" in Path(f"/proc/{server_pid}/stat").read_text().split()[2],
-                   15, "tritonserver gone with its launcher")
-        regions, _ = remove_stale_leftovers()  # what the next start does first
-        assert leftover_shm_regions(prefix) == [] and regions
-        wait_until(lambda: process_group_members(server_pid) == [], 15, "no stub of the dead launcher's server left")
-        assert np.all([port_owner(port) is None for port in (opts.http_port, opts.grpc_port)])
     finally:
         if process.poll() is None:
             process.kill()
+    wait_until(lambda: not Path(f"/proc/{server_pid}").exists() or "Z" in Path(f"/proc/{server_pid}/stat").read_text().split()[2],
+               15, "tritonserver gone with its launcher")
+    return int(server_pid), prefix
+
+
+def test_the_server_and_its_stubs_die_with_their_launcher(a2e_repository):
+    opts = options(a2e_repository)
+    server_pid, prefix = _launch_and_kill_9(a2e_repository, opts, also_kill_watchdog=False)
+    # the watchdog ends the process group and removes its shared memory once the launcher's pipe closes
+    wait_until(lambda: process_group_members(server_pid) == [] and leftover_shm_regions(prefix) == [], 15,
+               "no stub and no shm region of the dead launcher's server left")
+    assert np.all([port_owner(port) is None for port in (opts.http_port, opts.grpc_port)])
+
+
+def test_the_next_launch_cleans_up_what_a_dead_launcher_and_watchdog_left(a2e_repository):
+    opts = options(a2e_repository)
+    server_pid, prefix = _launch_and_kill_9(a2e_repository, opts, also_kill_watchdog=True)
+    regions, _ = remove_stale_leftovers()  # what the next start does first
+    assert leftover_shm_regions(prefix) == [] and regions
+    wait_until(lambda: process_group_members(server_pid) == [], 15, "no stub of the dead launcher's server left")
+    assert np.all([port_owner(port) is None for port in (opts.http_port, opts.grpc_port)])

@@ -1,0 +1,54 @@
+"""Request ids, logs and metrics of the front end, without a server (the chaos tests read them from real processes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi.testclient import TestClient
+
+from frontend.config import Settings
+from frontend.main import create_app
+from frontend.observability import REQUEST_ID_HEADER, JsonFormatter, RequestIdFilter, request_id_var
+
+
+def client() -> TestClient:
+    return TestClient(create_app(Settings()))  # no lifespan: no Triton client, no task store
+
+
+def test_every_answer_carries_a_request_id_and_a_plain_client_id_is_kept():
+    api = client()
+    generated = api.get("/livez")
+    assert generated.status_code == 200 and len(generated.headers[REQUEST_ID_HEADER]) == 32
+    assert api.get("/livez", headers={REQUEST_ID_HEADER: "trace-42.a:b"}).headers[REQUEST_ID_HEADER] == "trace-42.a:b"
+    # anything else (it would end up in log lines) is replaced
+    for hostile in ("x" * 129, "a b", "<script>", "id\tsplit"):
+        assert api.get("/livez", headers={REQUEST_ID_HEADER: hostile}).headers[REQUEST_ID_HEADER] != hostile
+    # error answers too, the unknown route's 404 included
+    missing = api.get("/no/such/route")
+    assert missing.status_code == 404 and missing.headers[REQUEST_ID_HEADER]
+
+
+def test_readyz_is_503_without_triton_and_metrics_count_by_route_template():
+    api = client()
+    ready = api.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["status"] == "not_ready" and ready.headers["retry-after"]
+    # outside the lifespan (no sessions registry yet) a session route is a 503, not a crash
+    assert api.delete("/api/infer_stream_close/some-session-id").status_code == 503
+    metrics = api.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    # the route template, not the path: one series however many session ids there are
+    assert 'route="/api/infer_stream_close/{session_id}"' in metrics.text and "some-session-id" not in metrics.text
+    assert 'emoserve_http_requests_total{method="GET",route="/readyz",status="503"}' in metrics.text
+
+
+def test_json_log_lines_name_the_request():
+    record = logging.LogRecord("frontend.x", logging.WARNING, __file__, 1, "model %s down", ("lam_a2e",), None)
+    token = request_id_var.set("req-7")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        request_id_var.reset(token)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "model lam_a2e down" and line["request_id"] == "req-7" and line["level"] == "WARNING"
+    assert line["time"].endswith("Z")
