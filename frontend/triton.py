@@ -49,6 +49,8 @@ def first_text(result, name: str) -> str:
 # Triton 2.51's answer for every request to a model whose python-backend stub died ("Stub process '<model>_0_0'
 # is not healthy."), also when quoted by a pipeline that called that model through BLS
 STUB_DOWN_MARKER = "is not healthy"
+# Triton's answers for a model that is not loaded (unloaded, or being reloaded after a stub died)
+MODEL_DOWN_MARKERS = ("unknown model", "is not ready", "has no available versions")
 # how long a model that answered "stub not healthy" counts as down for health, unless Triton reloaded it sooner
 STUB_DOWN_HOLD_S = 10.0
 
@@ -75,10 +77,10 @@ def map_triton_error(exc: BaseException, what: str) -> ApiError:
         log.warning("%s: Triton %s: %s", what, status, message)
         reason = "did not answer in time" if "DEADLINE" in status else "is unavailable"
         return ServiceUnavailable(f"{what}: the inference server {reason}; retry shortly")
+    if any(marker in message for marker in MODEL_DOWN_MARKERS):  # also when a pipeline quotes it for a model it calls
+        return ServiceUnavailable(f"{what}: model not initialised ({message})")
     if "INTERNAL" in status:  # a model ran and failed (its message may quote a dependency's error)
         return InferenceFailed(f"{what} failed: {message}")
-    if "unknown model" in message or "is not ready" in message:
-        return ServiceUnavailable(f"{what}: model not initialised ({message})")
     if "NOT_FOUND" in status or "must specify the START flag" in message or "is not active" in message:
         return NotFound(message)
     if "INVALID_ARG" in status:

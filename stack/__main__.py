@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                     timeout_graceful_shutdown=settings.shutdown_grace_s)
     finally:
         if supervisor is not None:
-            supervisor.stop()
+            supervisor.stop(stop_server=True)
         if server is not None:
             server.stop()
     return 0

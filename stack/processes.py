@@ -19,6 +19,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_up(process: subprocess.Popen, probe, timeout_s: float, what: str, log_text) -> bool:
+    """Poll ``probe()`` until it is true (True) or ``timeout_s`` passed (False); the process exiting is an error."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_text()}")
+        try:
+            if probe():
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.3)
+    return False
+
+
 class FrontendProcess:
     """``python -m frontend`` on a free loopback port; ``start()`` waits until its health says healthy."""
 
@@ -46,19 +63,13 @@ class FrontendProcess:
                  "--triton-url", self.triton_grpc_url, "--log-level", self.log_level],
                 cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"front end exited with {self.process.returncode}:\n{self.log_text()}")
-            try:
-                status = httpx.get(f"{self.base_url}/api/health", timeout=2).json().get("status")
-                if status == "healthy" or not wait_healthy:
-                    return self
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"front end not healthy after {timeout_s:.0f}s:\n{self.log_text()}")
+        def healthy() -> bool:
+            return httpx.get(f"{self.base_url}/api/health", timeout=2).json().get("status") == "healthy" or not wait_healthy
+
+        if not _wait_up(self.process, healthy, timeout_s, "front end", self.log_text):
+            self.stop()
+            raise RuntimeError(f"front end not healthy after {timeout_s:.0f}s:\n{self.log_text()}")
+        return self
 
     def log_text(self) -> str:
         try:
@@ -107,18 +118,13 @@ class StackProcess:
                  "--triton-grpc-port", str(self.triton_grpc_port), "--triton-metrics-port", str(self.triton_metrics_port)],
                 cwd=self.workdir, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the stack exited with {self.process.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=3).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.kill()
-        raise RuntimeError(f"the stack was not ready after {timeout_s:.0f}s:\n{self.log_text()}")
+        def ready() -> bool:
+            return httpx.get(f"{self.base_url}/readyz", timeout=3).status_code == 200
+
+        if not _wait_up(self.process, ready, timeout_s, "the stack", self.log_text):
+            self.kill()
+            raise RuntimeError(f"the stack was not ready after {timeout_s:.0f}s:\n{self.log_text()}")
+        return self
 
     def log_text(self) -> str:
         try:

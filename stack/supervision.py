@@ -175,6 +175,7 @@ class TritonSupervisor:
         # python-backend processes per model of a healthy server (default: what it runs now)
         self._expected_stubs = expected_stubs if expected_stubs is not None else server.stubs_by_model()
         self._stop = threading.Event()
+        self._stop_server = False
         self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
 
     @property
@@ -196,11 +197,21 @@ class TritonSupervisor:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, stop_server: bool = False) -> None:
+        """Stop supervising; ``stop_server`` also stops the server, from the supervisor's own thread: a server that
+        thread restarted gets its parent-death signal when the thread ends, which would kill it before an orderly stop."""
+        self._stop_server = stop_server
         self._stop.set()
-        self._thread.join(timeout=60)
+        self._thread.join(timeout=90)
 
     def _watch(self) -> None:
+        try:
+            self._supervise()
+        finally:
+            if self._stop_server:
+                self.server.stop()
+
+    def _supervise(self) -> None:
         backoff, up_since = 1.0, time.monotonic()
         while not self._stop.wait(self.poll_s):
             process = self.server.process

@@ -7,6 +7,7 @@ the front end over HTTP on loopback.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,17 @@ def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000, with_pa
     pauses = (np.sin(2 * np.pi * 0.25 * t) > -0.6).astype(float) if with_pauses else 1.0
     audio = 0.25 * voiced * syllables * pauses + 0.005 * rng.standard_normal(t.size)
     return audio.astype(np.float32)
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    """``predicate()``'s first truthy value, polled every 0.2 s; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout_s:.0f}s")
 
 
 @pytest.fixture(scope="session", autouse=True)

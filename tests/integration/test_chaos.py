@@ -21,21 +21,11 @@ import pytest
 
 from emoserve.audio import encode_wav
 from stack.processes import FrontendProcess, StackProcess, free_port
-from tests.conftest import EXAMPLES, speech_like
+from tests.conftest import EXAMPLES, speech_like, wait_until
 from tests.integration.test_hallo2 import portrait_png
 
 SPEECH = (EXAMPLES / "speech.wav").read_bytes()
 VIDEO = str(EXAMPLES / "sample_emotion.mp4")
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout_s:.0f}s")
 
 
 def wait_for_task(api: httpx.Client, task_id: str, predicate, timeout_s: float, what: str) -> dict:

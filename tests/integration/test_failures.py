@@ -1,4 +1,4 @@
-"""Server-side failures through the REST API: a network that is gone (500) and a model not loaded (503).
+"""Server-side failures through the REST API: a network that fails (500), a network or model not loaded (503).
 
 Uses its own Triton in explicit model-control mode so models can be unloaded without disturbing the
 other tests' server.
@@ -49,24 +49,55 @@ def _infer(frontend: FrontendProcess) -> httpx.Response:
     return httpx.post(f"{frontend.base_url}/api/infer", files={"audio_file": ("a.wav", encode_wav(speech_like(1.0)))}, timeout=60)
 
 
-def test_network_failure_inside_the_pipeline_is_500_and_recovers(explicit_triton, fault_frontend):
+# a test-only network that runs and fails every request: what a model bug or an out-of-memory looks like
+FAILING_NETWORK = b"""
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("the network ran out of memory (test fault)"))
+                for _ in requests]
+"""
+
+
+def _chunk(frontend: FrontendProcess, session: str) -> httpx.Response:
+    return httpx.post(f"{frontend.base_url}/api/infer_stream_chunk", data={"session_id": session},
+                      files={"audio_chunk": ("c.wav", encode_wav(speech_like(1.0)))}, timeout=60)
+
+
+def test_a_network_that_fails_inside_the_pipeline_is_500_and_recovers(explicit_triton, fault_frontend):
     control = httpclient.InferenceServerClient(explicit_triton.http_url)
     session = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={}).json()["session_id"]
-    control.unload_model(A2E_NETWORK_MODEL)
+    model_file = explicit_triton.options.model_repository / A2E_NETWORK_MODEL / "1" / "model.py"
+    served = model_file.read_bytes()
+    model_file.write_bytes(FAILING_NETWORK)  # this module's own repository: a reload serves the failing network
+    control.load_model(A2E_NETWORK_MODEL)
+    model_file.write_bytes(served)
     try:
         response = _infer(fault_frontend)
-        assert response.status_code == 500
-        assert "failed" in response.json()["detail"] and A2E_NETWORK_MODEL in response.json()["detail"]
-        # a new session is refused while the models cannot serve; an open one learns of the failure on its chunk
+        assert response.status_code == 500, response.text
+        assert "failed" in response.json()["detail"] and "ran out of memory" in response.json()["detail"]
+        chunk = _chunk(fault_frontend, session)
+        assert chunk.status_code == 500 and "ran out of memory" in chunk.json()["detail"]
+    finally:
+        control.load_model(A2E_NETWORK_MODEL)  # the repository's own model again
+    assert _infer(fault_frontend).status_code == 200
+    control.close()
+
+
+def test_a_network_that_is_not_loaded_is_503_for_its_pipeline_and_recovers(explicit_triton, fault_frontend):
+    control = httpclient.InferenceServerClient(explicit_triton.http_url)
+    session = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={}).json()["session_id"]
+    control.unload_model(A2E_NETWORK_MODEL)  # what a reload after a dead stub looks like from outside
+    try:
+        response = _infer(fault_frontend)
+        assert response.status_code == 503 and response.headers["retry-after"], response.text
+        assert "not initialised" in response.json()["detail"] and A2E_NETWORK_MODEL in response.json()["detail"]
+        # a new session is refused while the models cannot serve; an open one learns of it on its next chunk
         refused = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={})
         assert refused.status_code == 503 and refused.headers["retry-after"]
-        chunk = httpx.post(
-            f"{fault_frontend.base_url}/api/infer_stream_chunk",
-            data={"session_id": session},
-            files={"audio_chunk": ("c.wav", encode_wav(speech_like(1.0)))},
-            timeout=60,
-        )
-        assert chunk.status_code == 500
+        assert _chunk(fault_frontend, session).status_code == 503
         assert httpx.get(f"{fault_frontend.base_url}/api/health").json()["status"] == "not_ready"
     finally:
         control.load_model(A2E_NETWORK_MODEL)

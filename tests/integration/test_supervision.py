@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from stack.processes import FrontendProcess, free_port
 from stack.supervision import TritonSupervisor, port_owner, process_group_members, remove_stale_leftovers
 from stack.triton_server import TritonLaunchError, TritonServer, TritonServerOptions, leftover_shm_regions
-from tests.conftest import PROJECT_ROOT, speech_like
+from tests.conftest import PROJECT_ROOT, speech_like, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +33,6 @@ def a2e_repository(tmp_path_factory) -> Path:
 
 def options(repository: Path) -> TritonServerOptions:
     return TritonServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), startup_timeout_s=120)
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout_s:.0f}s")
 
 
 def infer_ok(grpc_url: str) -> bool:
