@@ -32,17 +32,59 @@ class AudioDecodeError(ValueError):
     """The bytes are empty, not audio, or audio with no samples."""
 
 
-def _decode_with_soundfile(data: bytes) -> tuple[np.ndarray, int] | None:
+class AudioTooLong(AudioDecodeError):
+    """The audio is longer than the caller's limit (found from the header or while decoding, never after)."""
+
+
+# what a real recording can have; a header outside these is refused before anything is decoded (a 2 KB WAV that
+# says 1 Hz would otherwise be resampled to a 16 kHz signal 16000 times its size)
+MIN_SOURCE_RATE = 4000
+MAX_SOURCE_RATE = 384000
+MAX_CHANNELS = 8
+_BLOCK_FRAMES = 1 << 16
+
+
+def _check_layout(rate: int, channels: int) -> None:
+    if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise AudioDecodeError(f"unsupported sample rate {rate} Hz (supported: {MIN_SOURCE_RATE}-{MAX_SOURCE_RATE} Hz)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioDecodeError(f"unsupported channel count {channels} (supported: 1-{MAX_CHANNELS})")
+
+
+def _too_long(max_seconds: float) -> AudioTooLong:
+    return AudioTooLong(f"the audio is longer than the {max_seconds:g} s limit")
+
+
+def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
     import soundfile as sf
 
     try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        source = sf.SoundFile(io.BytesIO(data))
     except Exception:  # libsndfile says "format not recognised" in several exception types
         return None
-    return audio.T, int(rate)
+    with source:
+        rate, channels = int(source.samplerate), int(source.channels)
+        _check_layout(rate, channels)
+        limit = None if max_seconds is None else int(max_seconds * rate)
+        if limit is not None and source.frames > limit:  # the header's length: nothing decoded yet
+            raise _too_long(max_seconds)
+        blocks, total = [], 0
+        try:
+            # in blocks, so that a header that understates the length still stops at the limit
+            while block := len(chunk := source.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)):
+                total += block
+                if limit is not None and total > limit:
+                    raise _too_long(max_seconds)
+                blocks.append(chunk)
+        except AudioDecodeError:
+            raise
+        except Exception as exc:  # a truncated or corrupt body after a valid header
+            raise AudioDecodeError(f"the audio cannot be decoded ({type(exc).__name__})") from None
+    audio = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    return audio.T, rate
 
 
-def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_with_pyav(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
     import av
 
     try:
@@ -50,30 +92,38 @@ def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int]:
             if not container.streams.audio:
                 raise AudioDecodeError("the file has no audio stream")
             stream = container.streams.audio[0]
-            rate = stream.codec_context.sample_rate or stream.rate
+            rate = stream.codec_context.sample_rate or stream.rate or 0
             channels = stream.codec_context.channels or 1
+            _check_layout(int(rate), int(channels))
+            if max_seconds is not None and container.duration is not None and container.duration / 1e6 > max_seconds + 1:
+                raise _too_long(max_seconds)
+            limit = None if max_seconds is None else int(max_seconds * rate)
             resampler = av.AudioResampler(format="fltp", layout="stereo" if channels > 1 else "mono", rate=rate)
-            pieces = []
+            pieces, total = [], 0
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
                     pieces.append(out.to_ndarray())
+                    total += pieces[-1].shape[1]
+                if limit is not None and total > limit:
+                    raise _too_long(max_seconds)
             for out in resampler.resample(None):
                 pieces.append(out.to_ndarray())
     except AudioDecodeError:
         raise
     except Exception as exc:  # PyAV raises a family of FFmpeg errors for garbage input
-        raise AudioDecodeError(f"not a supported audio file ({type(exc).__name__}: {exc})") from None
+        raise AudioDecodeError(f"not a supported audio file ({type(exc).__name__})") from None
     if not pieces:
         raise AudioDecodeError("the audio stream holds no samples")
     return np.concatenate(pieces, axis=1).astype(np.float32), int(rate)
 
 
-def decode_audio_channels(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode any supported container to float32 ``[channels, samples]`` at ``sample_rate``."""
+def decode_audio_channels(data: bytes, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """Decode any supported container to float32 ``[channels, samples]`` at ``sample_rate``; :class:`AudioTooLong`
+    past ``max_seconds``, found from the header or while decoding (memory stays bounded by the limit)."""
     if not data:
         raise AudioDecodeError("the audio file is empty")
-    decoded = _decode_with_soundfile(data)
-    audio, rate = decoded if decoded is not None else _decode_with_pyav(data)
+    decoded = _decode_with_soundfile(data, max_seconds)
+    audio, rate = decoded if decoded is not None else _decode_with_pyav(data, max_seconds)
     if audio.shape[1] == 0:
         raise AudioDecodeError("the audio file holds no samples")
     if not np.all(np.isfinite(audio)):
@@ -81,9 +131,9 @@ def decode_audio_channels(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.nda
     return resample(audio, rate, sample_rate)
 
 
-def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE, vocals_only: bool = False) -> np.ndarray:
+def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE, vocals_only: bool = False, max_seconds: float | None = None) -> np.ndarray:
     """Decode to mono float32 at ``sample_rate``; ``vocals_only`` applies :func:`extract_vocals`."""
-    channels = decode_audio_channels(data, sample_rate)
+    channels = decode_audio_channels(data, sample_rate, max_seconds)
     if vocals_only:
         return extract_vocals(channels, sample_rate)
     return channels.mean(axis=0).astype(np.float32)

@@ -79,6 +79,13 @@ def error_body(request: Request, status_code: int, message: str, details: str | 
     return {"detail": message}
 
 
+def internal_error_response(request: Request, request_id: str) -> JSONResponse:
+    """The answer to a request whose handler raised something unexpected: 500 in the route's format, naming only the
+    request id (the log line under that id has the exception)."""
+    message = f"internal error: the server log has the details under request id {request_id}"
+    return JSONResponse(error_body(request, 500, message, error_code="INTERNAL_ERROR"), status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

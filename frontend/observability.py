@@ -18,9 +18,13 @@ import uuid
 from fastapi import FastAPI, Request
 from prometheus_client import Counter, Gauge, Histogram
 
+from frontend.errors import internal_error_response
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # a client's own id is kept when it is short and plain (it ends up in log lines); anything else gets a new one
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+log = logging.getLogger(__name__)
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -53,7 +57,11 @@ def install_request_tracking(app: FastAPI) -> None:
         started = time.perf_counter()
         status = 500
         try:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:  # a defect: logged with its traceback, answered without one
+                log.exception("%s %s failed", request.method, request.url.path)
+                response = internal_error_response(request, request_id)
             status = response.status_code
             response.headers[REQUEST_ID_HEADER] = request_id
             return response

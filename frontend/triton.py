@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
 from emoserve.model_catalog import A2E_MODELS, WEIGHTS_PARAMETER
@@ -88,6 +89,22 @@ def map_triton_error(exc: BaseException, what: str) -> ApiError:
     return InferenceFailed(f"{what} failed: {message}")
 
 
+# tritonclient's defaults, plus a short reconnect backoff: gRPC's own grows to two minutes while a server is down, so
+# a restarted Triton would wait that long for the front end's next connection attempt
+_KEEPALIVE = KeepAliveOptions()
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class TritonEngine:
     """The one pooled gRPC client of the app; the per-model engines call Triton through it.
 
@@ -100,7 +117,7 @@ class TritonEngine:
         self.timeout_s = timeout_s
         self.probe_timeout_s = probe_timeout_s
         self.readiness_cache_s = readiness_cache_s
-        self.client = grpcclient.InferenceServerClient(url=url)
+        self.client = grpcclient.InferenceServerClient(url=url, channel_args=CHANNEL_ARGS)
         self._model_facts: dict[str, dict] = {}
         self._states: dict[str, str] = {}
         self._states_at = -float("inf")

@@ -8,6 +8,7 @@ orientation is not applied.  MP4 muxing reuses :func:`emoserve.media.encode_vide
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,13 +41,48 @@ def _sniff(data: bytes) -> str:
         return "jpeg"
     if data.startswith(_PNG_MAGIC):
         return "png"
-    raise ImageDecodeError("not a JPEG or PNG image (checked by content)")
+    raise ImageDecodeError("only JPG and PNG images are accepted (checked by content)")
+
+
+# JPEG start-of-frame markers (they carry the picture's size): C0-CF except DHT (C4), JPG (C8) and DAC (CC)
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def header_size(data: bytes, kind: str) -> tuple[int, int]:
+    """(width, height) from the PNG IHDR chunk or the JPEG start-of-frame segment, without decoding anything."""
+    if kind == "png":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageDecodeError("the PNG image cannot be decoded (it has no IHDR header)")
+        return struct.unpack(">II", data[16:24])
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            break
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            position += 2
+            continue
+        if marker in _JPEG_SOF:
+            if position + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
+            return width, height
+        position += 2 + struct.unpack(">H", data[position + 2 : position + 4])[0]
+    raise ImageDecodeError("the JPEG image cannot be decoded (it has no frame header)")
 
 
 def _decode(data: bytes) -> tuple[str, np.ndarray]:
     import av
 
     kind = _sniff(data)
+    width, height = header_size(data, kind)
+    if width * height > MAX_IMAGE_PIXELS:  # a decompression bomb is refused before FFmpeg allocates anything
+        raise ImageDecodeError(f"the image is too large ({width}x{height} > {MAX_IMAGE_PIXELS} pixels)")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageDecodeError(f"the image is too small ({width}x{height}; at least {MIN_IMAGE_SIDE} px a side)")
     demuxer = "jpeg_pipe" if kind == "jpeg" else "png_pipe"
     try:
         with av.open(io.BytesIO(data), mode="r", format=demuxer) as container:
@@ -66,7 +102,7 @@ def _decode(data: bytes) -> tuple[str, np.ndarray]:
     except ImageDecodeError:
         raise
     except Exception as exc:  # FFmpeg errors for truncated / corrupt data
-        raise ImageDecodeError(f"the {kind.upper()} image cannot be decoded ({type(exc).__name__}: {exc})") from None
+        raise ImageDecodeError(f"the {kind.upper()} image cannot be decoded ({type(exc).__name__})") from None
     if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
         raise ImageDecodeError(f"the image is too small ({rgb.shape[1]}x{rgb.shape[0]}; at least {MIN_IMAGE_SIDE} px a side)")
     return kind, np.ascontiguousarray(rgb)

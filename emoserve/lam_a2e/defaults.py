@@ -11,6 +11,9 @@ _MiB = 1024 * 1024
 @dataclass(frozen=True)
 class LamA2EDefaults:
     max_audio_seconds: float = 600.0  # a whole-file request (front end and the lam_a2e_offline model)
+    # the shortest whole-file audio: one receptive field of wav2vec2's conv feature extractor (25 ms at 16 kHz);
+    # shorter, the network has no frame to compute (streaming chunks are padded by their session's context)
+    min_audio_samples: int = 400
     max_upload_bytes: int = 50 * _MiB  # one whole-file audio upload
     max_chunk_bytes: int = 8 * _MiB  # one streaming chunk upload
     max_chunk_seconds: float = 30.0  # one streaming chunk's audio

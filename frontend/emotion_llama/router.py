@@ -24,7 +24,7 @@ from emoserve.media import VideoDecodeError, probe_video
 from frontend.config import Settings
 from frontend.deps import SettingsDep, read_upload, require_api_key
 from frontend.emotion_llama.engine import EmotionLlamaEngine, EngineDep, GenerationEvent
-from frontend.emotion_llama.schemas import PredictRequest, PredictResponse, Sampling, VideoAnswer, VideoQuestion
+from frontend.emotion_llama.schemas import SEED_LIMIT, PredictRequest, PredictResponse, Sampling, VideoAnswer, VideoQuestion
 from frontend.errors import ERROR_FIELD_TAG, ApiError, BadRequest, NotFound, PayloadTooLarge, error_body
 
 # every Emotion-LLaMA route needs the API key: ``public`` is empty, kept for the same shape as the other slices
@@ -34,10 +34,19 @@ protected = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG], dependencies=[Dep
 
 
 
+# paths a file system can take (Linux: NAME_MAX 255 per component, PATH_MAX 4096)
+_MAX_PATH_CHARS = 4096
+_MAX_NAME_BYTES = 255
+
+
 def resolve_media_path(raw: str, roots: list[Path]) -> Path:
-    """The real path of a server-side video, refused unless it is a regular file inside a media root."""
+    """The real path of a server-side video, refused unless it is a regular file inside a media root.
+
+    Answers name the client's own path, never the server's roots or what the path resolved to."""
     if not raw or not raw.strip():
         raise BadRequest("video_path is empty")
+    if "\x00" in raw or len(raw) > _MAX_PATH_CHARS or any(len(part.encode()) > _MAX_NAME_BYTES for part in raw.split("/")):
+        raise BadRequest("video_path is not a valid path (a NUL byte, or a name or path longer than the file system allows)")
     candidate = Path(raw)
     if not candidate.is_absolute():
         candidate = Path.cwd() / candidate
@@ -45,11 +54,15 @@ def resolve_media_path(raw: str, roots: list[Path]) -> Path:
     allowed = [Path(os.path.realpath(root)) for root in roots]
     if not any(real == root or root in real.parents for root in allowed):
         raise BadRequest("video_path is outside the configured media roots",
-                         details=f"{raw} resolves outside {', '.join(map(str, allowed))}")
-    if not real.exists():
-        raise NotFound("Video file not found", details=f"{raw} does not exist")
-    if not real.is_file():
-        raise BadRequest("video_path is not a regular file", details=str(raw))
+                         details=f"{raw}: the server reads videos only inside its media roots "
+                                 "(its operator can add a folder with EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS)")
+    try:
+        if not real.exists():
+            raise NotFound("Video file not found", details=f"{raw} does not exist")
+        if not real.is_file():
+            raise BadRequest("video_path is not a regular file", details=raw)
+    except OSError:
+        raise BadRequest("video_path cannot be read", details=raw) from None
     return real
 
 
@@ -125,7 +138,7 @@ async def analyze_upload(
     question: Annotated[str, Form(description="the prompt, e.g. '[emotion] What is the emotion expressed in this video?'")],
     temperature: Annotated[float | None, Form(ge=0.0, le=2.0)] = None,
     max_new_tokens: Annotated[int | None, Form(ge=1, le=EMOTION_LLAMA.max_new_tokens_limit)] = None,
-    seed: Annotated[int | None, Form(ge=0)] = None,
+    seed: Annotated[int | None, Form(ge=0, lt=SEED_LIMIT)] = None,
 ) -> VideoAnswer:
     started = time.perf_counter()
     question = checked_question(question, settings)

@@ -9,6 +9,9 @@ from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.prompts import EMOTION_LABELS
 from emoserve.model_catalog import MAX_NEW_TOKENS, REPETITION_PENALTY, SEED, TEMPERATURE, TOP_P
 
+# seeds are Triton UINT64 but pass through int64 on the way; the same bound for the JSON bodies and the upload form
+SEED_LIMIT = 2**63
+
 
 class Sampling(BaseModel):
     """Optional generation parameters (an addition to the documented bodies; defaults are upstream's demo)."""
@@ -17,7 +20,7 @@ class Sampling(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, ge=1.0, le=2.0)
     max_new_tokens: int | None = Field(None, ge=1, le=EMOTION_LLAMA.max_new_tokens_limit)
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
 
     def as_inputs(self) -> dict[str, float | int | None]:
         return {TEMPERATURE: self.temperature, TOP_P: self.top_p, REPETITION_PENALTY: self.repetition_penalty,

@@ -25,8 +25,10 @@ from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, Upload
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
-from emoserve.audio import AudioDecodeError, decode_audio
+from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
 from emoserve.constants import SAMPLE_RATE
+from emoserve.hallo2.defaults import HALLO2
+from emoserve.hallo2.video import ImageDecodeError, probe_image
 from frontend.deps import read_upload, require_api_key
 from frontend.errors import (
     ERROR_CODE_TAG,
@@ -106,28 +108,14 @@ ServiceDep = Annotated[Any, Depends(get_service)]  # a Hallo2Service
 # -- validation by content ----------------------------------------------------------------------------
 
 def image_extension(data: bytes) -> str:
-    """``jpg`` or ``png`` from the magic bytes, then a real decode of the first frame (PyAV)."""
-    import io
-
-    import av
-
+    """``jpg`` or ``png`` by content; its size read from the header (the model's pixel limit) before a real decode."""
     if not data:
         raise BadRequest("Invalid image file format: the image file is empty", error_code=Codes.INVALID_IMAGE)
-    if data[:3] == b"\xff\xd8\xff":
-        extension = "jpg"
-    elif data[:8] == b"\x89PNG\r\n\x1a\n":
-        extension = "png"
-    else:
-        raise BadRequest("Invalid image file format: only JPG and PNG images are accepted", error_code=Codes.INVALID_IMAGE)
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            frame = next(container.decode(video=0))
-            if frame.width < 1 or frame.height < 1:
-                raise ValueError("empty picture")
-    except Exception as exc:
-        raise BadRequest(f"Invalid image file format: the {extension.upper()} image cannot be decoded ({type(exc).__name__})",
-                         error_code=Codes.INVALID_IMAGE) from None
-    return extension
+        info = probe_image(data)
+    except ImageDecodeError as exc:
+        raise BadRequest(f"Invalid image file format: {exc}", error_code=Codes.INVALID_IMAGE) from None
+    return "jpg" if info.format == "jpeg" else "png"
 
 
 def audio_extension(data: bytes) -> str:
@@ -149,7 +137,9 @@ def checked_audio(data: bytes) -> tuple[str, float]:
     if not data:
         raise BadRequest("Invalid audio file format: the audio file is empty", error_code=Codes.INVALID_AUDIO)
     try:
-        samples = decode_audio(data, SAMPLE_RATE)
+        samples = decode_audio(data, SAMPLE_RATE, max_seconds=HALLO2.max_audio_seconds)
+    except AudioTooLong:  # the model's own limit, refused at submission rather than minutes later
+        raise BadRequest(f"The audio is longer than the {HALLO2.max_audio_seconds:g} s limit", error_code=Codes.INVALID_AUDIO) from None
     except AudioDecodeError as exc:
         raise BadRequest(f"Invalid audio file format: {exc}", error_code=Codes.INVALID_AUDIO) from None
     if samples.size == 0:

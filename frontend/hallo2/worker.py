@@ -237,7 +237,7 @@ class TaskWorker:
         try:
             image, audio = await anyio.to_thread.run_sync(lambda: (Path(task.image_path).read_bytes(), Path(task.audio_path).read_bytes()))
         except OSError as exc:
-            await store.fail(task.task_id, self.worker_id, f"the task's input files cannot be read: {exc}")
+            await self._fail(task, f"the task's input files cannot be read: {exc}")
             return
         inputs = TaskInputs(task.task_id, image, audio, task.use_cache, task.guidance_scale, task.inference_steps,
                             task.image_path, task.audio_path)
@@ -278,16 +278,15 @@ class TaskWorker:
         try:
             output = runner_job.result()
         except asyncio.CancelledError:
-            await store.fail(task.task_id, self.worker_id, "the inference was cancelled by the server")
+            await self._fail(task, "the inference was cancelled by the server")
             return
         except Exception as exc:
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             log.warning("hallo2 task %s failed: %s", task.task_id, detail)
-            await store.fail(task.task_id, self.worker_id, f"inference failed: {detail}")
-            HALLO2_OUTCOMES.labels("failed").inc()
+            await self._fail(task, f"inference failed: {detail}")
             return
         if not isinstance(output, Hallo2Video) or not isinstance(output.video, (bytes, bytearray)) or not output.video:
-            await store.fail(task.task_id, self.worker_id, "inference failed: the model produced no video")
+            await self._fail(task, "inference failed: the model produced no video")
             return
         result = describe_video(output.metadata)
         result["processing_time"] = round(elapsed, 3)
@@ -295,6 +294,10 @@ class TaskWorker:
             log.info("hallo2 task %s finished after it was cancelled; its video is discarded", task.task_id)
             return
         HALLO2_OUTCOMES.labels("completed").inc()
+
+    async def _fail(self, task: Task, message: str) -> None:
+        if await self.store.fail(task.task_id, self.worker_id, message):
+            HALLO2_OUTCOMES.labels("failed").inc()
 
     async def _run_with_retries(self, inputs: TaskInputs, progress: ProgressCallback, cancel: asyncio.Event) -> Hallo2Video:
         retry = 0

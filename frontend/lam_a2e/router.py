@@ -9,8 +9,9 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from emoserve.audio import AudioDecodeError, decode_audio
+from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
+from emoserve.lam_a2e.defaults import LAM_A2E
 from frontend.deps import SettingsDep, engine_from_state, read_upload, require_api_key
 from frontend.errors import BadRequest, NotFound, ServiceUnavailable
 from frontend.lam_a2e.engine import EngineDep
@@ -50,12 +51,15 @@ def frames_payload(frames: np.ndarray) -> list[Frame]:
 
 
 async def decode_upload(data: bytes, vocals_only: bool, max_seconds: float, what: str) -> np.ndarray:
+    """Decoded 16 kHz mono; the length limit is checked from the header and while decoding, never after."""
     try:
-        audio = await anyio.to_thread.run_sync(decode_audio, data, SAMPLE_RATE, vocals_only)
+        audio = await anyio.to_thread.run_sync(decode_audio, data, SAMPLE_RATE, vocals_only, max_seconds)
+    except AudioTooLong:
+        raise BadRequest(f"{what} is longer than the {max_seconds:g} s limit") from None
     except AudioDecodeError as exc:
         raise BadRequest(f"{what} is not valid audio: {exc}") from None
-    if audio.size > max_seconds * SAMPLE_RATE:
-        raise BadRequest(f"{what} is {audio.size / SAMPLE_RATE:.1f}s long; the limit is {max_seconds:.0f}s")
+    if audio.size > max_seconds * SAMPLE_RATE:  # resampling rounds: the limit holds for what the model gets
+        raise BadRequest(f"{what} is longer than the {max_seconds:g} s limit")
     return audio
 
 
@@ -97,6 +101,9 @@ async def infer(
 ) -> InferResponse:
     data = await read_upload(audio_file, settings.lam_a2e.max_upload_bytes, "audio_file")
     audio = await decode_upload(data, ex_vol, settings.lam_a2e.max_audio_seconds, "audio_file")
+    if audio.size < LAM_A2E.min_audio_samples:
+        raise BadRequest(f"audio_file is too short ({audio.size / SAMPLE_RATE * 1000:.1f} ms; at least "
+                         f"{LAM_A2E.min_audio_samples / SAMPLE_RATE * 1000:.0f} ms)")
     started = time.perf_counter()
     frames = await engine.infer_whole_audio(audio, id_idx, movement_smooth, brow_movement)
     elapsed = time.perf_counter() - started

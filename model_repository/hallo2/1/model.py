@@ -16,7 +16,7 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from emoserve.audio import AudioDecodeError, decode_audio
+from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
 from emoserve.constants import SAMPLE_RATE
 from emoserve.hallo2.defaults import HALLO2
 from emoserve.hallo2.pipeline import GenerationSettings, Hallo2Pipeline, PipelineCancelled
@@ -81,7 +81,9 @@ class TritonPythonModel:
         except ImageDecodeError as exc:
             raise BadRequest(f"invalid image: {exc}") from None
         try:
-            audio = decode_audio(audio_bytes, SAMPLE_RATE)
+            audio = decode_audio(audio_bytes, SAMPLE_RATE, max_seconds=self.max_audio_seconds)
+        except AudioTooLong:
+            raise BadRequest(f"audio is longer than the {self.max_audio_seconds:g} s limit") from None
         except AudioDecodeError as exc:
             raise BadRequest(f"invalid audio: {exc}") from None
         if audio.size > self.max_audio_seconds * SAMPLE_RATE:

@@ -9,7 +9,7 @@ quadratic attention cost.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from emoserve.audio import AudioDecodeError, decode_audio, extract_vocals
+from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio, extract_vocals
 from emoserve.constants import NUM_IDENTITIES, SAMPLE_RATE
 from emoserve.lam_a2e.defaults import LAM_A2E
 from emoserve.lam_a2e.postprocess import PostprocessOptions, postprocess_offline
@@ -57,7 +57,9 @@ class TritonPythonModel:
             raise BadRequest(f"send exactly one of {AUDIO} (float32 PCM at {SAMPLE_RATE} Hz) or {AUDIO_BYTES} (an encoded file)")
         if encoded is not None:
             try:
-                audio = decode_audio(encoded, SAMPLE_RATE, vocals_only=vocals_only)
+                audio = decode_audio(encoded, SAMPLE_RATE, vocals_only=vocals_only, max_seconds=self.max_audio_seconds)
+            except AudioTooLong:
+                raise BadRequest(f"audio is longer than the {self.max_audio_seconds:g} s limit") from None
             except AudioDecodeError as exc:
                 raise BadRequest(f"invalid audio: {exc}") from None
         else:
@@ -68,6 +70,8 @@ class TritonPythonModel:
                 audio = extract_vocals(audio[None], SAMPLE_RATE)
         if audio.size == 0:
             raise BadRequest("audio holds no samples")
+        if audio.size < LAM_A2E.min_audio_samples:
+            raise BadRequest(f"audio is too short ({audio.size} samples at {SAMPLE_RATE} Hz; at least {LAM_A2E.min_audio_samples})")
         if audio.size > self.max_audio_seconds * SAMPLE_RATE:
             raise BadRequest(f"audio is {audio.size / SAMPLE_RATE:.1f}s long; the limit is {self.max_audio_seconds:.0f}s")
         return audio

@@ -99,7 +99,11 @@ def test_invalid_setting_is_refused(tmp_path):
         ("StatusCode.INVALID_ARGUMENT", "inference request for sequence 5 to model 'lam_a2e_stream' must specify the START flag", NotFound,
          "must specify the START flag"),
         ("StatusCode.NOT_FOUND", "sequence 5 is not active", NotFound, "sequence 5 is not active"),
-        ("StatusCode.INTERNAL", "inference failed: lam_a2e failed: Request for unknown model", InferenceFailed, "inference failed"),
+        # a model the pipeline calls is not loaded (being reloaded after a dead stub): down, not failed
+        ("StatusCode.INTERNAL", "inference failed: lam_a2e failed: Request for unknown model", ServiceUnavailable, "model not initialised"),
+        ("StatusCode.INTERNAL", "lam_a2e failed: Model lam_a2e - Failed for execute the inference request. Model 'lam_a2e' is not ready.",
+         ServiceUnavailable, "model not initialised"),
+        ("StatusCode.INTERNAL", "inference failed: lam_a2e failed: the network ran out of memory", InferenceFailed, "ran out of memory"),
         # the gRPC layer's text names Triton's address: the answer says what happened, not where
         ("StatusCode.UNAVAILABLE", "failed to connect to all addresses; last error: ipv4:10.1.2.3:8001", ServiceUnavailable,
          "the inference server is unavailable"),
