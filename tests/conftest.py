@@ -6,13 +6,17 @@ the front end over HTTP on loopback.
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 
 from stack.processes import FrontendProcess, free_port  # noqa: F401  (re-exported for tests)
 
@@ -31,6 +35,28 @@ def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000, with_pa
     pauses = (np.sin(2 * np.pi * 0.25 * t) > -0.6).astype(float) if with_pauses else 1.0
     audio = 0.25 * voiced * syllables * pauses + 0.005 * rng.standard_normal(t.size)
     return audio.astype(np.float32)
+
+
+# hostile media: tiny files whose headers promise what a server must not decode
+def wav_with_header(sample_rate: int, channels: int = 1, samples: int = 1000) -> bytes:
+    """A valid 16-bit PCM WAV whose header says ``sample_rate``/``channels`` (2 KB for 1000 samples)."""
+    data = np.zeros(samples * channels, np.int16).tobytes()
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, sample_rate * channels * 2, channels * 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def silent_flac(seconds: float, sample_rate: int = 16000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(int(seconds * sample_rate), np.float32), sample_rate, format="FLAC")
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` (its pixel data would be hundreds of MB: it is never read)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b"")
 
 
 def wait_until(predicate, timeout_s: float, what: str):

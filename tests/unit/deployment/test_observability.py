@@ -52,3 +52,24 @@ def test_json_log_lines_name_the_request():
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "model lam_a2e down" and line["request_id"] == "req-7" and line["level"] == "WARNING"
     assert line["time"].endswith("Z")
+
+
+def test_an_unexpected_exception_is_a_json_500_naming_only_the_request_id(caplog):
+    from frontend.errors import ERROR_FIELD_TAG
+
+    app = create_app(Settings())
+
+    async def broken():
+        raise RuntimeError("secret /srv/internal/path")
+
+    app.add_api_route("/broken", broken, methods=["GET"])
+    app.add_api_route("/broken-llama", broken, methods=["GET"], tags=[ERROR_FIELD_TAG])
+    api = TestClient(app, raise_server_exceptions=False)
+    with caplog.at_level(logging.ERROR):
+        answer = api.get("/broken", headers={REQUEST_ID_HEADER: "req-500"})
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"detail": "internal error: the server log has the details under request id req-500"}
+    assert answer.headers[REQUEST_ID_HEADER] == "req-500" and "/srv" not in answer.text
+    assert "secret /srv/internal/path" in caplog.text  # the log has what the answer does not
+    llama = api.get("/broken-llama").json()
+    assert set(llama) == {"error", "code", "details"} and llama["code"] == 500
