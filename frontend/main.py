@@ -1,4 +1,4 @@
-"""The FastAPI application: the three model slices' routers, one size middleware, and one lifespan that starts
+"""The FastAPI application: the three model slices' routers, one body-size limit (``frontend/limits.py``), and one lifespan that starts
 the pooled Triton client and the models' engines, the LAM-A2E session sweeper and the Hallo2 task service
 (and stops them in reverse order)."""
 
@@ -9,8 +9,7 @@ import contextlib
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from frontend import ops
 from frontend.config import Settings
@@ -23,33 +22,11 @@ from frontend.hallo2.service import Hallo2Service
 from frontend.lam_a2e import router as lam_a2e
 from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
 from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
+from frontend.limits import BodyLimit, route_body_limits
 from frontend.observability import install_request_tracking
 from frontend.triton import TritonEngine
 
 log = logging.getLogger(__name__)
-
-# multipart framing around an upload: generous, so that only the body limit decides
-_MULTIPART_OVERHEAD_BYTES = 64 * 1024
-
-
-def oversized_body(settings: Settings, method: str, path: str, declared: str | None) -> JSONResponse | None:
-    """The 413 for a request whose declared body (``Content-Length``) is over its limit, else None.
-
-    ``POST /api/v1/inference/hallo2`` has its own limit and body (Hallo2's error format); every other request
-    is held to the largest upload limit of the app, with the ``{"detail"}`` body.
-    """
-    if not (declared and declared.isdigit()):
-        return None
-    size = int(declared)
-    if method == "POST" and path.rstrip("/") == hallo2.UPLOAD_PATH and size > settings.hallo2.max_upload_bytes + _MULTIPART_OVERHEAD_BYTES:
-        return hallo2.upload_too_large(declared, settings.hallo2.max_upload_bytes)
-    limit = max(settings.lam_a2e.max_upload_bytes, settings.lam_a2e.max_chunk_bytes, settings.emotion_llama.max_video_bytes,
-                settings.hallo2.max_upload_bytes)
-    limit += _MULTIPART_OVERHEAD_BYTES
-    if size > limit:
-        return JSONResponse({"detail": f"request body of {declared} bytes exceeds the {limit} byte limit"}, status_code=413)
-    return None
-
 
 def create_app(
     settings: Settings | None = None,
@@ -102,12 +79,8 @@ def create_app(
     app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.hallo2 = app.state.triton = app.state.sessions = None
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def refuse_oversized_bodies(request: Request, call_next):
-        refusal = oversized_body(settings, request.method, request.url.path, request.headers.get("content-length"))
-        return refusal if refusal is not None else await call_next(request)
-
-    install_request_tracking(app)  # outermost: counts and tags every answer, the size middleware's 413s included
+    app.add_middleware(BodyLimit, limits=route_body_limits(settings, hallo2.UPLOAD_PATH, hallo2.Codes.FILE_TOO_LARGE))
+    install_request_tracking(app)  # outermost: counts and tags every answer
     app.include_router(ops.router)
     for model in (lam_a2e, emotion_llama, hallo2):
         app.include_router(model.public)

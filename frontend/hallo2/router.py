@@ -9,8 +9,8 @@ in :class:`Codes`. Statuses: the documented ``queued``/``processing``/``complete
 ``cancelled`` (a task cancelled by ``DELETE``, queued or running).
 
 Everything here reads ``request.app.state.hallo2`` (a :class:`frontend.hallo2.service.Hallo2Service`), which
-the app's lifespan starts (``frontend/main.py``). A declared body over the upload limit is refused with
-:func:`upload_too_large` by the app's size middleware, before the route reads it.
+the app's lifespan starts (``frontend/main.py``). A body over the upload limit (declared, or counted as it
+arrives) is refused by the app's body limit (``frontend/limits.py``) with a 413 ``FILE_TOO_LARGE``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
@@ -87,12 +87,6 @@ UPLOAD_PATH = API_PREFIX + _UPLOAD_ROUTE
 
 public = APIRouter(tags=["Hallo2", ERROR_CODE_TAG])
 protected = APIRouter(prefix=API_PREFIX, tags=["Hallo2", ERROR_CODE_TAG], dependencies=[Depends(require_api_key)])
-
-
-def upload_too_large(declared: str, limit_bytes: int) -> JSONResponse:
-    """The 413 of ``POST {UPLOAD_PATH}`` whose declared body (``Content-Length``) is over the limit."""
-    return JSONResponse({"detail": f"the uploaded files ({declared} bytes) exceed the {limit_bytes} byte limit",
-                         "error_code": Codes.FILE_TOO_LARGE}, status_code=413)
 
 
 def get_service(request: Request) -> Hallo2Service:

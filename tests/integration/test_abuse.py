@@ -91,3 +91,18 @@ def test_a_seed_past_64_bits_is_a_400_on_every_route(api):
     assert upload.status_code == 400 and "seed" in upload.json()["error"]
     body = api.post("/process_video", json={"video_path": VIDEO, "question": "hi", "seed": 2**64})
     assert body.status_code == 400 and "seed" in body.json()["error"]
+
+
+def test_a_chunked_upload_is_stopped_at_the_routes_limit(api, frontend):
+    limit = 4 * 1024 * 1024  # the test front end's /api/infer limit
+
+    def body():
+        boundary = b"--x\r\nContent-Disposition: form-data; name=\"audio_file\"; filename=\"a.wav\"\r\n\r\n"
+        yield boundary
+        for _ in range(200):  # 200 MiB, no Content-Length: counted as it arrives (the client sends it all the same)
+            yield b"\0" * (1024 * 1024)
+
+    before = peak_rss(frontend.process.pid)
+    answer = api.post("/api/infer", content=body(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert answer.status_code == 413 and set(answer.json()) == {"detail"} and f"{limit} byte limit" in answer.json()["detail"]
+    assert peak_rss(frontend.process.pid) - before < MEMORY_BUDGET_BYTES

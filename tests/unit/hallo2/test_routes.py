@@ -173,7 +173,7 @@ def test_oversized_uploads_get_413(client):
     response = submit(client, audio=huge)
     assert response.status_code == 413 and response.json()["error_code"] == "FILE_TOO_LARGE"
     declared = response.request.headers["content-length"]
-    assert response.json() == {"detail": f"the uploaded files ({declared} bytes) exceed the {64 * 1024} byte limit",
+    assert response.json() == {"detail": f"the request body ({declared} bytes declared) exceeds the {64 * 1024} byte limit",
                                "error_code": "FILE_TOO_LARGE"}
 
 
@@ -295,26 +295,34 @@ def test_sdk_client_waits_and_downloads(client, tmp_path):
     assert error.value.status == "failed" and not (tmp_path / "never.mp4").exists()
 
 
-def test_one_size_middleware_keeps_each_apis_413(settings):
-    """Hallo2's upload route has its own declared-body limit and error body; every other route the app-wide one."""
-    import json
+def test_each_route_has_its_own_body_limit_counted_as_bytes_arrive(client, settings):
+    """Upload routes: their model's limit (+ multipart framing); every other route a JSON body's. Declared or chunked,
+    a body over the limit is a 413 in the route's own format, and nothing past the limit is read."""
+    from frontend.limits import JSON_BODY_LIMIT, MULTIPART_OVERHEAD_BYTES
 
-    from frontend.main import oversized_body
+    hallo2_limit = settings.hallo2.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
 
-    over = str(64 * 1024 + 64 * 1024 + 1)  # the test's 64 KiB upload limit + the multipart allowance, + 1
-    refused = oversized_body(settings, "POST", "/api/v1/inference/hallo2/", over)
-    assert refused.status_code == 413
-    assert json.loads(refused.body) == {"detail": f"the uploaded files ({over} bytes) exceed the 65536 byte limit",
-                                        "error_code": "FILE_TOO_LARGE"}
-    assert oversized_body(settings, "POST", "/api/v1/inference/hallo2", str(int(over) - 1)) is None
-    assert oversized_body(settings, "POST", "/api/infer", over) is None  # the app-wide limit: the largest upload limit
-    limit = max(settings.lam_a2e.max_upload_bytes, settings.lam_a2e.max_chunk_bytes, settings.emotion_llama.max_video_bytes) + 64 * 1024
-    for method, path in (("POST", "/api/infer"), ("POST", "/process_video"), ("GET", "/api/v1/inference/hallo2")):
-        refused = oversized_body(settings, method, path, str(limit + 1))
-        assert refused.status_code == 413
-        assert json.loads(refused.body) == {"detail": f"request body of {limit + 1} bytes exceeds the {limit} byte limit"}
-    assert oversized_body(settings, "POST", "/api/infer", str(limit)) is None
-    assert oversized_body(settings, "POST", "/api/infer", None) is None
+    def chunked(size: int, piece: int = 16 * 1024):
+        sent = 0
+        while sent < size:
+            block = min(piece, size - sent)
+            sent += block
+            yield b"\0" * block
+
+    boundary = "----limit"
+    for body in (b"\0" * (hallo2_limit + 1), chunked(hallo2_limit + 1)):  # with a Content-Length, then without one
+        response = client.post("/api/v1/inference/hallo2", content=body,
+                               headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 413, response.text
+        assert response.json()["error_code"] == "FILE_TOO_LARGE"
+        assert f"exceeds the {settings.hallo2.max_upload_bytes} byte limit" in response.json()["detail"]
+    # a JSON route is held to a JSON body's limit, in its API's format, chunked too
+    for body in (lambda: b" " * (JSON_BODY_LIMIT + 1), lambda: chunked(JSON_BODY_LIMIT + 1)):
+        answer = client.post("/process_video", content=body(), headers={"content-type": "application/json"})
+        assert answer.status_code == 413 and set(answer.json()) == {"error", "code", "details"}, answer.text
+        answer = client.post("/api/v1/inference/hallo2/config", content=body(), headers={"content-type": "application/json"})
+        assert answer.status_code == 413 and set(answer.json()) == {"detail", "error_code"}, answer.text
+    assert client.get("/api/v1/tasks").json()["count"] == 0
 
 
 def test_app_includes_every_slice(settings, gate):

@@ -1,0 +1,77 @@
+"""Request bodies bounded as their bytes arrive, per route, whether the client declares a ``Content-Length`` or
+sends chunks.
+
+:class:`BodyLimit` wraps the ASGI ``receive`` channel: a declared length over the route's limit, or the running
+count of received bytes passing it, raises :class:`BodyTooLarge` inside the route while it reads its body, so
+the app's error handler answers 413 in that route's own error format, and nothing past the limit is read or
+spooled to a temporary file. Upload routes get their model's limit plus the multipart framing; every other
+route (JSON bodies) gets :data:`JSON_BODY_LIMIT`.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+
+from frontend.config import Settings
+from frontend.errors import PayloadTooLarge
+
+# multipart framing around an upload: generous, so that only the files' limit decides
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# a JSON body (prompts, configs, session options): far above any valid one
+JSON_BODY_LIMIT = 1024 * 1024
+
+
+class BodyTooLarge(PayloadTooLarge, HTTPException):
+    """Raised while FastAPI parses the body: as an ``HTTPException`` it passes through FastAPI's parsing (which turns
+    any other exception into a 400), and as a :class:`PayloadTooLarge` the app's handler answers it in the route's
+    format (the handler lookup follows the class's MRO, where ``ApiError`` comes first)."""
+
+    def __init__(self, detail: str, error_code: str | None = None):
+        PayloadTooLarge.__init__(self, detail, error_code=error_code)  # its super() is HTTPException's __init__ here
+        self.status_code, self.headers = PayloadTooLarge.status_code, None
+
+
+def route_body_limits(settings: Settings, hallo2_upload_path: str, hallo2_error_code: str) -> dict[tuple[str, str], tuple[int, str | None]]:
+    """{(method, path): (the files' byte limit, error_code)} of the upload routes (the multipart framing is allowed on
+    top); the rest get :data:`JSON_BODY_LIMIT`."""
+    return {
+        ("POST", "/api/infer"): (settings.lam_a2e.max_upload_bytes, None),
+        ("POST", "/api/infer_stream_chunk"): (settings.lam_a2e.max_chunk_bytes, None),
+        ("POST", "/api/v1/emotion-llama/analyze"): (settings.emotion_llama.max_video_bytes, None),
+        ("POST", hallo2_upload_path): (settings.hallo2.max_upload_bytes, hallo2_error_code),
+    }
+
+
+class BodyLimit:
+    """Pure ASGI middleware (it must see ``receive``, which ``BaseHTTPMiddleware`` hides)."""
+
+    def __init__(self, app, limits: dict[tuple[str, str], tuple[int, str | None]], default_limit: int = JSON_BODY_LIMIT):
+        self.app = app
+        self.limits = limits
+        self.default_limit = default_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"].rstrip("/") or "/"
+        upload = self.limits.get((scope["method"], path))
+        stated, error_code = upload or (self.default_limit, None)
+        limit = stated + (MULTIPART_OVERHEAD_BYTES if upload else 0)
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        received = 0
+
+        def too_large(size_text: str) -> BodyTooLarge:
+            return BodyTooLarge(f"the request body ({size_text}) exceeds the {stated} byte limit", error_code=error_code)
+
+        async def bounded_receive():
+            nonlocal received
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise too_large(f"{int(declared)} bytes declared")
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise too_large(f"more than {limit} bytes received")
+            return message
+
+        await self.app(scope, bounded_receive, send)
