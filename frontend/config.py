@@ -54,6 +54,7 @@ class Hallo2Settings(BaseModel):
                               description="any SQLAlchemy URL; a relative SQLite path is relative to the working dir")
     data_dir: Path = Field(Path("data/hallo2"), description="one folder per task: inputs and the result video")
     max_concurrent_tasks: int = Field(HALLO2.max_concurrent_tasks, ge=1, description="Hallo2 tasks run at once by this front end")
+    max_queued_tasks: int = Field(HALLO2.max_queued_tasks, ge=1, description="waiting tasks; a submission beyond is a 503")
     max_upload_bytes: int = Field(HALLO2.max_upload_bytes, gt=0, description="image + audio of one Hallo2 task (413 above)")
     guidance_scale: float = Field(HALLO2.guidance_scale, ge=HALLO2.min_guidance_scale, le=HALLO2.max_guidance_scale,
                                   description="default until POST /api/v1/inference/hallo2/config")

@@ -12,6 +12,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,21 @@ ERROR_CODE_TAG = "error-code-body"
 ERROR_STATUS_TAG = "error-status-body"
 # error_code of a request that fails FastAPI's parameter validation on an ERROR_CODE_TAG route
 INVALID_REQUEST = "INVALID_REQUEST"
+_HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+def _api_route(request: Request):
+    """The route that answers: the matched one, or for a method the path does not take (405), the route of that path."""
+    route = request.scope.get("route")
+    if route is None:
+        for candidate in getattr(request.app, "routes", []):
+            if candidate.matches(request.scope)[0] is Match.PARTIAL:
+                return candidate
+    return route
 
 
 def error_body(request: Request, status_code: int, message: str, details: str | None = None, error_code: str | None = None) -> dict:
-    route = request.scope.get("route")
+    route = _api_route(request)
     tags = (getattr(route, "tags", None) or []) if route is not None else []
     if ERROR_FIELD_TAG in tags:
         return {"error": message, "code": status_code, "details": details}
@@ -98,6 +111,13 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": str(exc.retry_after_s)}
         body = error_body(request, exc.status_code, exc.detail, exc.details, exc.error_code)
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # routing's own answers (404 of an unknown path, 405 of a method a path does not take) in the API's format
+        code = _HTTP_ERROR_CODES.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse(error_body(request, exc.status_code, str(exc.detail), error_code=code), status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -23,6 +23,9 @@ class Hallo2Defaults:
     max_upload_bytes: int = 500 * _MiB  # image + audio of one task
     # the front end's task queue
     max_concurrent_tasks: int = 1
+    max_queued_tasks: int = 100  # a submission beyond this many waiting tasks is a 503 with Retry-After
+    task_list_page: int = 100  # GET /api/v1/tasks answers at most this many tasks unless ?limit= asks for more
+    max_task_list_page: int = 1000
     max_attempts: int = 3  # a task interrupted by this many dead processes fails
     heartbeat_interval_s: float = 10.0
     stale_after_s: float = 60.0  # a processing task without a heartbeat this long is re-queued

@@ -16,6 +16,7 @@ arrives) is refused by the app's body limit (``frontend/limits.py``) with a 413 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any
@@ -62,9 +63,13 @@ from frontend.hallo2.tasks import (
     Task,
     iso_utc,
 )
+from frontend.observability import request_id_var
 
 if TYPE_CHECKING:
     from frontend.hallo2.service import Hallo2Service
+
+
+log = logging.getLogger(__name__)
 
 
 class Codes:
@@ -79,6 +84,7 @@ class Codes:
     INVALID_STATUS = "INVALID_STATUS"
     SERVICE_NOT_READY = "SERVICE_NOT_READY"
     SUBMIT_FAILED = "SUBMIT_FAILED"
+    QUEUE_FULL = "QUEUE_FULL"
 
 
 API_PREFIX = "/api/v1"
@@ -188,6 +194,9 @@ async def create_task(
     audio_file: Annotated[UploadFile, File(description="driving audio (WAV/MP3/OGG/M4A)")],
     use_cache: Annotated[bool, Form(description="use cached preprocessing (face embedding, audio features)")] = True,
 ) -> TaskCreated:
+    waiting = (await service.store.counts())[QUEUED]
+    if waiting >= service.settings.max_queued_tasks:
+        raise ServiceUnavailable(f"the Hallo2 queue is full ({waiting} tasks waiting); retry later", error_code=Codes.QUEUE_FULL)
     limit = service.settings.max_upload_bytes
     too_large = PayloadTooLarge(f"the uploaded files are larger than the {limit} byte limit", error_code=Codes.FILE_TOO_LARGE)
     # one budget for both files; emptiness is judged by content below, with the file's own error code
@@ -201,8 +210,9 @@ async def create_task(
                                           guidance_scale=config.guidance_scale, inference_steps=config.inference_steps)
         await service.store.append_log(task.task_id, f"Inputs: {image_ext.upper()} image, {audio_ext} audio of {seconds:.2f} s"
                                        + ("" if config.enable_cache or not use_cache else "; caching is disabled by the configuration"))
-    except Exception as exc:
-        raise ApiError(f"Failed to submit task: {type(exc).__name__}: {exc}", error_code=Codes.SUBMIT_FAILED) from None
+    except Exception:  # the database or the task folder failed: the log has the details, the answer none of them
+        log.exception("submitting a hallo2 task failed")
+        raise ApiError(f"Failed to submit task (request id {request_id_var.get()})", error_code=Codes.SUBMIT_FAILED) from None
     service.worker.wake()
     return TaskCreated(task_id=task.task_id)
 
@@ -237,11 +247,16 @@ async def set_config(
 async def list_tasks(
     service: ServiceDep,
     status: Annotated[str | None, Query(description="only tasks with this status (addition)")] = None,
+    limit: Annotated[int, Query(ge=1, le=HALLO2.max_task_list_page, description="at most this many tasks, oldest first (addition)")]
+    = HALLO2.task_list_page,
+    offset: Annotated[int, Query(ge=0, le=2**31, description="skip this many tasks (addition)")] = 0,
 ) -> TaskList:
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)}", error_code=Codes.INVALID_STATUS)
-    tasks = await service.store.list(status=status)
-    return TaskList(tasks={task.task_id: task_status(task) for task in tasks}, count=len(tasks))
+    tasks = await service.store.list(status=status, limit=limit, offset=offset)
+    counts = await service.store.counts()
+    total = counts[status] if status is not None else sum(counts.values())
+    return TaskList(tasks={task.task_id: task_status(task) for task in tasks}, count=len(tasks), total=total)
 
 
 @protected.get("/tasks/{task_id}", response_model=TaskStatus, summary="Task status")

@@ -28,7 +28,8 @@ class TaskStatus(BaseModel):
 
 class TaskList(BaseModel):
     tasks: dict[str, TaskStatus]
-    count: int
+    count: int  # the tasks in this answer
+    total: int  # all tasks with the requested status (addition: the answer is one page, ?limit= and ?offset=)
 
 
 class TaskLogs(BaseModel):

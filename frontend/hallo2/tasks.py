@@ -293,17 +293,19 @@ class TaskStore:
     async def get(self, task_id: str) -> Task | None:
         return await self._run(self._get, task_id)
 
-    def _list(self, status: str | None, limit: int | None) -> list[Task]:
+    def _list(self, status: str | None, limit: int | None, offset: int) -> list[Task]:
         query = select(TaskRow).order_by(TaskRow.created_at, TaskRow.id)
         if status is not None:
             query = query.where(TaskRow.status == status)
         if limit is not None:
             query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
         with Session(self.engine) as session:
             return [Task.of(row) for row in session.scalars(query)]
 
-    async def list(self, status: str | None = None, limit: int | None = None) -> list[Task]:
-        return await self._run(self._list, status, limit)
+    async def list(self, status: str | None = None, limit: int | None = None, offset: int = 0) -> list[Task]:
+        return await self._run(self._list, status, limit, offset)
 
     def _counts(self) -> dict[str, int]:
         with Session(self.engine) as session:

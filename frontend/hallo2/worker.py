@@ -237,7 +237,8 @@ class TaskWorker:
         try:
             image, audio = await anyio.to_thread.run_sync(lambda: (Path(task.image_path).read_bytes(), Path(task.audio_path).read_bytes()))
         except OSError as exc:
-            await self._fail(task, f"the task's input files cannot be read: {exc}")
+            log.error("hallo2 task %s: its input files cannot be read: %s", task.task_id, exc)
+            await self._fail(task, "the task's input files cannot be read")
             return
         inputs = TaskInputs(task.task_id, image, audio, task.use_cache, task.guidance_scale, task.inference_steps,
                             task.image_path, task.audio_path)

@@ -337,3 +337,38 @@ def test_app_includes_every_slice(settings, gate):
                          ("/api/predict/", "post"), ("/health", "get"), ("/api/v1/health", "get"), ("/api/v1/inference/hallo2", "post"),
                          ("/api/v1/tasks/{task_id}", "delete")):
         assert method in paths[path], path
+
+
+def test_a_full_queue_is_503_with_retry_after_and_the_task_list_is_paged(tmp_path, gate):
+    settings = Settings(hallo2={"database_url": f"sqlite:///{tmp_path}/hallo2.db", "data_dir": tmp_path / "data",
+                                "poll_interval_s": 0.05, "max_queued_tasks": 2, "max_concurrent_tasks": 1})
+    gate.open.clear()  # the first task holds the only slot; the next ones wait in the queue
+    with TestClient(create_app(settings, hallo2_engine=gate)) as client:
+        first = submit(client).json()["task_id"]
+        wait_status(client, first, {"processing"})
+        queued = [submit(client).json()["task_id"] for _ in range(2)]
+        refused = submit(client)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+        assert refused.json()["error_code"] == "QUEUE_FULL" and "2 tasks waiting" in refused.json()["detail"]
+        page = client.get("/api/v1/tasks", params={"limit": 2}).json()
+        assert page["count"] == 2 and page["total"] == 3 and list(page["tasks"]) == [first, queued[0]]
+        assert list(client.get("/api/v1/tasks", params={"limit": 2, "offset": 2}).json()["tasks"]) == [queued[1]]
+        assert client.get("/api/v1/tasks", params={"status": "queued"}).json()["total"] == 2
+        for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}):
+            answer = client.get("/api/v1/tasks", params=bad)
+            assert answer.status_code == 400 and answer.json()["error_code"] == "INVALID_REQUEST"
+        gate.open.set()
+        for task_id in (first, *queued):
+            wait_status(client, task_id, {"completed"})
+        assert submit(client).status_code == 200  # room again
+
+
+def test_routing_errors_answer_in_each_apis_format(client):
+    wrong_method = client.get("/process_video")
+    assert wrong_method.status_code == 405 and set(wrong_method.json()) == {"error", "code", "details"}
+    hallo2 = client.put("/api/v1/tasks")
+    assert hallo2.status_code == 405 and hallo2.json()["error_code"] == "METHOD_NOT_ALLOWED"
+    lam = client.get("/api/infer")
+    assert lam.status_code == 405 and set(lam.json()) == {"detail"}
+    unknown = client.get("/no/such/route")
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "Not Found"}
