@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     triton_probe_timeout_s: float = Field(2.0, gt=0, description="health and readiness probes of Triton")
     shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM: how long in-flight requests may take to finish")
     api_key: str | None = Field(None, description="when set, /api routes need header X-API-Key or Bearer token")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API (JSON list); "
+                                    "a state-changing request from any other origin is refused with 403")
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line, with the request id")
     lam_a2e: LamA2ESettings = Field(default_factory=LamA2ESettings)

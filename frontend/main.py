@@ -10,6 +10,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from frontend import ops
 from frontend.config import Settings
@@ -22,7 +23,7 @@ from frontend.hallo2.service import Hallo2Service
 from frontend.lam_a2e import router as lam_a2e
 from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
 from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
-from frontend.limits import BodyLimit, route_body_limits
+from frontend.limits import BodyLimit, OriginCheck, route_body_limits
 from frontend.observability import install_request_tracking
 from frontend.triton import TritonEngine
 
@@ -80,6 +81,10 @@ def create_app(
     install_error_handlers(app)
 
     app.add_middleware(BodyLimit, limits=route_body_limits(settings, hallo2.UPLOAD_PATH, hallo2.Codes.FILE_TOO_LARGE))
+    app.add_middleware(OriginCheck, allowed=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
     install_request_tracking(app)  # outermost: counts and tags every answer
     app.include_router(ops.router)
     for model in (lam_a2e, emotion_llama, hallo2):

@@ -36,7 +36,8 @@ def test_services_and_ports_match_the_code(compose):
     services = compose["services"]
     assert set(services) == {"export", "triton", "frontend"}
     triton = services["triton"]
-    assert triton["ports"] == [f"{p}:{p}" for p in (DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT)]
+    # Triton has no authentication: reachable from the compose network only, never published
+    assert "ports" not in triton and triton["expose"] == [str(p) for p in (DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT)]
     assert _flag(triton["command"], "--http-port") == str(DEFAULT_HTTP_PORT)
     assert _flag(triton["command"], "--grpc-port") == str(DEFAULT_GRPC_PORT)
     assert str(DEFAULT_HTTP_PORT) in " ".join(triton["healthcheck"]["test"])
@@ -45,6 +46,8 @@ def test_services_and_ports_match_the_code(compose):
     port = _flag(frontend["command"], "--port")
     assert frontend["ports"] == [f"{port}:{port}"] and port in " ".join(frontend["healthcheck"]["test"])
     assert frontend["depends_on"]["triton"]["condition"] == "service_healthy"
+    # the API key is required (compose refuses to start without one unless it is set empty on purpose)
+    assert frontend["environment"]["EMOSERVE_API_KEY"].startswith("${EMOSERVE_API_KEY?")
     assert triton["depends_on"]["export"]["condition"] == "service_completed_successfully"
 
 

@@ -73,3 +73,16 @@ def test_an_unexpected_exception_is_a_json_500_naming_only_the_request_id(caplog
     assert "secret /srv/internal/path" in caplog.text  # the log has what the answer does not
     llama = api.get("/broken-llama").json()
     assert set(llama) == {"error", "code", "details"} and llama["code"] == 500
+
+
+def test_browsers_from_other_origins_cannot_post_and_allowed_ones_get_cors_headers():
+    api = TestClient(create_app(Settings(cors_origins=["https://app.example.com"])))
+    foreign = api.post("/process_video", json={"video_path": "x", "question": "hi"}, headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and "https://evil.example" in foreign.json()["detail"]
+    allowed = api.options("/process_video", headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"})
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    # the server's own pages, and clients that are no browsers, are not affected
+    same = api.post("/api/infer_stream_init", json={}, headers={"Origin": "http://testserver"})
+    assert same.status_code != 403
+    assert api.post("/api/infer_stream_init", json={}).status_code != 403
+    assert api.get("/livez", headers={"Origin": "https://evil.example"}).status_code == 200
