@@ -57,6 +57,8 @@ class BuildSettings:
     network_queue_delay_us: int = 10000
     network_instances: int = 1
     onnx_threads: int = 0
+    # requests waiting in one dynamically batched model's queue; beyond, Triton refuses at once (503 at the front end)
+    max_queue_size: int = 256
     # 8 live streams as two batches of 4: the first half is answered sooner (p99 ~1.07 s vs ~1.29 s at 8); a GPU
     # host, where bigger batches are nearly free, should re-run the tuning experiments there
     stream_max_batch: int = 4

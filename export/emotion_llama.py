@@ -285,7 +285,7 @@ def _llm_base() -> ModelConfig:
 
 def _llm_overlay(config: ModelConfig, settings: BuildSettings) -> None:
     # concurrent requests arriving within the delay decode together in one batched loop
-    set_dynamic_batching(config, settings.llm_max_batch, settings.llm_queue_delay_us)
+    set_dynamic_batching(config, settings.llm_max_batch, settings.llm_queue_delay_us, settings.max_queue_size)
     set_instances(config, 1, KIND_GPU if settings.target == "gpu" else KIND_CPU)
     set_parameters(config, max_new_tokens_limit=settings.max_new_tokens_limit, max_prompt_chars=settings.max_prompt_chars)
     set_weights(config, describe_weights(settings)["llm"])

@@ -112,10 +112,13 @@ def set_instances(config: ModelConfig, count: int, kind: int = KIND_CPU) -> None
     config.instance_group.add(count=count, kind=kind)
 
 
-def set_dynamic_batching(config: ModelConfig, max_batch: int, queue_delay_us: int) -> None:
+def set_dynamic_batching(config: ModelConfig, max_batch: int, queue_delay_us: int, max_queue_size: int) -> None:
+    """Dynamic batching with a bounded queue: a request beyond ``max_queue_size`` waiting ones is refused at once
+    (UNAVAILABLE, which the front end answers 503 with Retry-After) instead of waiting behind an unbounded backlog."""
     config.max_batch_size = max_batch
     config.dynamic_batching.SetInParent()  # a delay of 0 is still dynamic batching
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    config.dynamic_batching.default_queue_policy.max_queue_size = max_queue_size
 
 
 def add_sequence_controls(config: ModelConfig) -> None:
@@ -213,7 +216,7 @@ def network_overlay(config: ModelConfig, settings: BuildSettings, spec: BaseNetw
         config.ClearField("platform")
         config.backend = "python"
         set_parameters(config, onnx_file="model.onnx", intra_op_threads=settings.onnx_threads)
-    set_dynamic_batching(config, max_batch, queue_delay_us)
+    set_dynamic_batching(config, max_batch, queue_delay_us, settings.max_queue_size)
     set_instances(config, instances, KIND_GPU if gpu else KIND_CPU)
     inputs, outputs = spec_tensors(spec, reshape_per_item_scalars=gpu)
     del config.input[:]

@@ -52,6 +52,8 @@ def first_text(result, name: str) -> str:
 STUB_DOWN_MARKER = "is not healthy"
 # Triton's answers for a model that is not loaded (unloaded, or being reloaded after a stub died)
 MODEL_DOWN_MARKERS = ("unknown model", "is not ready", "has no available versions")
+# Triton's answer when a model's bounded queue (max_queue_size) is full, also when a pipeline quotes it
+QUEUE_FULL_MARKER = "Exceeds maximum queue size"
 # how long a model that answered "stub not healthy" counts as down for health, unless Triton reloaded it sooner
 STUB_DOWN_HOLD_S = 10.0
 
@@ -78,6 +80,8 @@ def map_triton_error(exc: BaseException, what: str) -> ApiError:
         log.warning("%s: Triton %s: %s", what, status, message)
         reason = "did not answer in time" if "DEADLINE" in status else "is unavailable"
         return ServiceUnavailable(f"{what}: the inference server {reason}; retry shortly")
+    if QUEUE_FULL_MARKER in message:
+        return ServiceUnavailable(f"{what}: the model is busy (its queue is full); retry shortly")
     if any(marker in message for marker in MODEL_DOWN_MARKERS):  # also when a pipeline quotes it for a model it calls
         return ServiceUnavailable(f"{what}: model not initialised ({message})")
     if "INTERNAL" in status:  # a model ran and failed (its message may quote a dependency's error)

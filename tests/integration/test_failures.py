@@ -16,6 +16,7 @@ from stack.triton_server import TritonServer, TritonServerOptions
 from tests.conftest import FrontendProcess, free_port, speech_like
 
 TRITON_IDLE_TIMEOUT_S = 1.0
+MAX_QUEUE_SIZE = 1
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def explicit_triton(tmp_path_factory):
     # Triton's own sequence idle timeout is short here; the front end's stays at its 300 s default
     repository = build_repository(
         tmp_path_factory.mktemp("short_idle_repository"),
-        BuildSettings(profile="tiny", slices=("lam_a2e",), stream_idle_timeout_s=TRITON_IDLE_TIMEOUT_S),
+        BuildSettings(profile="tiny", slices=("lam_a2e",), stream_idle_timeout_s=TRITON_IDLE_TIMEOUT_S,
+                      max_queue_size=MAX_QUEUE_SIZE),
     )
     options = TritonServerOptions(
         repository,
@@ -141,3 +143,32 @@ def test_sequence_expired_inside_triton_is_404_and_frees_the_rest_session(fault_
     assert expired.status_code == 404 and "expired on the inference server" in expired.json()["detail"]
     assert httpx.get(f"{base}/api/health").json()["sessions"] == before
     assert chunk().status_code == 404
+
+
+def test_a_full_model_queue_is_refused_at_once_and_answered_503(explicit_triton):
+    """max_queue_size from the build: requests beyond the queue get Triton's UNAVAILABLE at once, the front end's 503."""
+    import asyncio
+
+    import numpy as np
+    import tritonclient.grpc.aio as aioclient
+    from tritonclient.utils import InferenceServerException
+
+    from frontend.errors import ServiceUnavailable
+    from frontend.triton import map_triton_error
+
+    async def flood() -> list:
+        client = aioclient.InferenceServerClient(explicit_triton.grpc_url)
+        audio = np.zeros((1, 16000), np.float32)
+        inputs = [aioclient.InferInput("input_values", list(audio.shape), "FP32"), aioclient.InferInput("id_idx", [1, 1], "INT64")]
+        inputs[0].set_data_from_numpy(audio)
+        inputs[1].set_data_from_numpy(np.zeros((1, 1), np.int64))
+        try:
+            return await asyncio.gather(*(client.infer(A2E_NETWORK_MODEL, inputs) for _ in range(24)), return_exceptions=True)
+        finally:
+            await client.close()
+
+    results = asyncio.run(flood())
+    refused = [r for r in results if isinstance(r, InferenceServerException)]
+    assert refused and len(refused) < len(results), [str(r) for r in refused[:3]]
+    assert all("Exceeds maximum queue size" in r.message() for r in refused)
+    assert type(map_triton_error(refused[0], "whole-audio inference")) is ServiceUnavailable

@@ -183,17 +183,19 @@ def test_weights_parameter_follows_the_build(committed):
 
 def test_tuning_knobs_reach_the_configs(committed):
     knobs = BuildSettings(network_max_batch=4, network_queue_delay_us=0, network_instances=2, onnx_threads=3, stream_max_batch=8,
-                          stream_queue_delay_us=0, stream_candidate_sequences=16, llm_queue_delay_us=500, pipeline_instances=2)
+                          stream_queue_delay_us=0, stream_candidate_sequences=16, llm_queue_delay_us=500, pipeline_instances=2,
+                          max_queue_size=7)
     configs = built(knobs)
     network = configs[A2E_NETWORK_MODEL]
     assert network.max_batch_size == 4 and network.instance_group[0].count == 2
     assert network.HasField("dynamic_batching")  # a delay of 0 still batches
-    assert "dynamic_batching { max_queue_delay_microseconds: 0 }" in to_text(network)
+    assert "dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_queue_size: 7 } }" in to_text(network)
     assert parameters(network)["intra_op_threads"] == "3"
     oldest = configs["lam_a2e_stream"].sequence_batching.oldest
     assert (oldest.max_candidate_sequences, list(oldest.preferred_batch_size), oldest.max_queue_delay_microseconds) == (16, [8], 0)
     assert configs["lam_a2e_stream"].max_batch_size == 8
     assert configs[EMOTION_LLM_MODEL].dynamic_batching.max_queue_delay_microseconds == 500
+    assert configs[EMOTION_LLM_MODEL].dynamic_batching.default_queue_policy.max_queue_size == 7
     assert configs[EMOTION_PIPELINE_MODEL].instance_group[0].count == 2
     # knobs move batching only, never a model's tensors
     for model in ALL_MODELS:
