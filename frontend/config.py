@@ -55,6 +55,11 @@ class Hallo2Settings(BaseModel):
     data_dir: Path = Field(Path("data/hallo2"), description="one folder per task: inputs and the result video")
     max_concurrent_tasks: int = Field(HALLO2.max_concurrent_tasks, ge=1, description="Hallo2 tasks run at once by this front end")
     max_queued_tasks: int = Field(HALLO2.max_queued_tasks, ge=1, description="waiting tasks; a submission beyond is a 503")
+    retention_s: float = Field(HALLO2.retention_s, gt=0, description="finished tasks (row and files) are deleted this long after")
+    max_storage_bytes: int = Field(HALLO2.max_storage_bytes, gt=0, description="task files; the oldest finished tasks go first beyond")
+    retention_sweep_interval_s: float = Field(HALLO2.retention_sweep_interval_s, gt=0)
+    progress_interval_s: float = Field(HALLO2.progress_interval_s, ge=0,
+                                       description="a running task's progress is written at most this often")
     max_upload_bytes: int = Field(HALLO2.max_upload_bytes, gt=0, description="image + audio of one Hallo2 task (413 above)")
     guidance_scale: float = Field(HALLO2.guidance_scale, ge=HALLO2.min_guidance_scale, le=HALLO2.max_guidance_scale,
                                   description="default until POST /api/v1/inference/hallo2/config")

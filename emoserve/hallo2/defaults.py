@@ -23,6 +23,13 @@ class Hallo2Defaults:
     max_upload_bytes: int = 500 * _MiB  # image + audio of one task
     # the front end's task queue
     max_concurrent_tasks: int = 1
+    # finished tasks (row, inputs and video) are deleted this long after they finished, and the oldest finished
+    # ones sooner while all task files together are over the storage budget
+    retention_s: float = 7 * 24 * 3600.0
+    max_storage_bytes: int = 20 * 1024**3
+    retention_sweep_interval_s: float = 300.0
+    # a running task's progress is written at most this often (a log line per denoising step otherwise)
+    progress_interval_s: float = 1.0
     max_queued_tasks: int = 100  # a submission beyond this many waiting tasks is a 503 with Retry-After
     task_list_page: int = 100  # GET /api/v1/tasks answers at most this many tasks unless ?limit= asks for more
     max_task_list_page: int = 1000

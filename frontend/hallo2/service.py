@@ -8,6 +8,8 @@ worker puts its running tasks back in the queue), before the Triton client close
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -30,6 +32,7 @@ class Hallo2Service:
         self.model_name = model_name  # health reports "degraded" without it
         self.store: TaskStore | None = None
         self.worker: TaskWorker | None = None
+        self._retention: asyncio.Task | None = None
         self.started_at = time.monotonic()
 
     async def start(self) -> None:
@@ -40,13 +43,30 @@ class Hallo2Service:
         await store.recover_on_startup(0.0 if settings.recover_all_on_startup else settings.stale_after_s)
         worker = TaskWorker(store, self.engine.run, settings.max_concurrent_tasks, poll_interval_s=settings.poll_interval_s,
                             heartbeat_interval_s=settings.heartbeat_interval_s, stale_after_s=settings.stale_after_s,
-                            cancel_grace_s=settings.cancel_grace_s,
+                            cancel_grace_s=settings.cancel_grace_s, progress_interval_s=settings.progress_interval_s,
                             retry=RetryPolicy(settings.unavailable_retries, settings.retry_backoff_s, settings.max_retry_backoff_s))
         await worker.start()
         self.store, self.worker = store, worker
         self.started_at = time.monotonic()
+        self._retention = asyncio.create_task(self._expire_forever(), name="hallo2-retention")
+
+    async def _expire_forever(self) -> None:
+        settings = self.settings
+        while True:
+            try:
+                expired = await self.store.expire(settings.retention_s, settings.max_storage_bytes)
+                if expired:
+                    log.info("hallo2 retention: deleted %d finished tasks", len(expired))
+            except Exception:  # the database is down: the next sweep tries again
+                log.exception("hallo2 retention sweep failed")
+            await asyncio.sleep(settings.retention_sweep_interval_s)
 
     async def stop(self) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+            self._retention = None
         if self.worker is not None:
             await self.worker.stop()
         if self.store is not None:

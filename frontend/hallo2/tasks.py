@@ -46,6 +46,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -314,6 +315,37 @@ class TaskStore:
 
     async def counts(self) -> dict[str, int]:
         return await self._run(self._counts)
+
+    # -- retention ------------------------------------------------------------------------------------------
+
+    def _expire(self, older_than_s: float, max_bytes: int | None) -> list[str]:
+        """Delete finished tasks (row and files): those finished more than ``older_than_s`` ago, then the oldest
+        finished ones while all task folders together exceed ``max_bytes``. Queued and running tasks are never touched."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with Session(self.engine) as session:
+            finished = session.execute(select(TaskRow.task_id, TaskRow.updated_at).where(TaskRow.status.in_(FINISHED))
+                                       .order_by(TaskRow.updated_at, TaskRow.id)).all()
+        expired = [task_id for task_id, updated_at in finished if updated_at < cutoff]
+        if max_bytes is not None:
+            sizes = {folder.name: sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                     for folder in self.data_dir.iterdir() if folder.is_dir()}
+            total = sum(size for name, size in sizes.items() if name not in expired)
+            for task_id, _ in finished:
+                if total <= max_bytes:
+                    break
+                if task_id not in expired:
+                    expired.append(task_id)
+                    total -= sizes.get(task_id, 0)
+        if expired:
+            with Session(self.engine) as session, session.begin():
+                # guarded: a task re-queued in the meantime stays
+                session.execute(delete(TaskRow).where(TaskRow.task_id.in_(expired), TaskRow.status.in_(FINISHED)))
+            for task_id in expired:
+                shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
+        return expired
+
+    async def expire(self, older_than_s: float, max_bytes: int | None = None) -> list[str]:
+        return await self._run(self._expire, older_than_s, max_bytes)
 
     # -- guarded state changes --------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -45,6 +46,8 @@ from frontend.hallo2.tasks import Task, TaskStore
 from frontend.observability import HALLO2_OUTCOMES
 
 log = logging.getLogger(__name__)
+
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass
@@ -119,6 +122,7 @@ class TaskWorker:
         stale_after_s: float = HALLO2.stale_after_s,
         cancel_grace_s: float = HALLO2.cancel_grace_s,
         retry: RetryPolicy = RetryPolicy(),
+        progress_interval_s: float = HALLO2.progress_interval_s,
         worker_id: str | None = None,
     ):
         if max_concurrent_tasks < 1:
@@ -131,6 +135,7 @@ class TaskWorker:
         self.stale_after_s = stale_after_s
         self.cancel_grace_s = cancel_grace_s
         self.retry = retry
+        self.progress_interval_s = progress_interval_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.running: dict[str, _Running] = {}
         self.peak_running = 0
@@ -243,9 +248,18 @@ class TaskWorker:
         inputs = TaskInputs(task.task_id, image, audio, task.use_cache, task.guidance_scale, task.inference_steps,
                             task.image_path, task.audio_path)
 
+        last_write, last_shape = -float("inf"), None
+
         async def progress(percent: int, message: str) -> None:
+            nonlocal last_write, last_shape
             if entry.cancel.is_set():
                 return
+            # coalesced: a row update and a log line per denoising step ("clip 1/7 step 3/40") would grow the task's
+            # logs with its length; a new phase ("Preprocessing image...") is always written
+            shape = _DIGITS.sub("#", message)
+            if shape == last_shape and percent < 100 and time.monotonic() - last_write < self.progress_interval_s:
+                return
+            last_write, last_shape = time.monotonic(), shape
             if not await store.update_progress(task.task_id, self.worker_id, percent, message):
                 entry.cancel.set()  # no longer ours: cancelled (or re-queued) in the database
 

@@ -62,7 +62,9 @@ async def statuses(store: TaskStore, task_ids: list[str]) -> list[str]:
 
 
 def fast_worker(store: TaskStore, runner, max_concurrent_tasks: int = 1, **kwargs) -> TaskWorker:
-    options = {"poll_interval_s": 0.05, "heartbeat_interval_s": 0.1, "stale_after_s": 30.0, "cancel_grace_s": 0.5}
+    # every progress message written (progress_interval_s=0): the tests read them back
+    options = {"poll_interval_s": 0.05, "heartbeat_interval_s": 0.1, "stale_after_s": 30.0, "cancel_grace_s": 0.5,
+               "progress_interval_s": 0.0}
     options.update(kwargs)
     return TaskWorker(store, runner, max_concurrent_tasks, **options)
 
@@ -434,4 +436,60 @@ def test_a_crashed_worker_task_runs_again_after_restart(tmp_path):
             await worker.stop()
         task = await restarted.get(task_id)
         assert task.attempts == 2 and "re-queued" in task.logs
+    asyncio.run(main())
+
+
+# -- bounded storage and logs ----------------------------------------------------------------------------
+
+def _finish(store: TaskStore, task_id: str, status: str, ago_s: float) -> None:
+    with Session(store.engine) as session, session.begin():
+        session.execute(update(TaskRow).where(TaskRow.task_id == task_id)
+                        .values(status=status, updated_at=utcnow() - timedelta(seconds=ago_s)))
+
+
+def test_finished_tasks_expire_after_their_retention_and_under_the_storage_budget(tmp_path):
+    async def main():
+        store = make_store(tmp_path)
+        old, recent, big_old, big_new, waiting = await create(store, 5)
+        _finish(store, old, COMPLETED, ago_s=3600)
+        _finish(store, recent, FAILED, ago_s=10)
+        _finish(store, big_old, CANCELLED, ago_s=600)
+        _finish(store, big_new, COMPLETED, ago_s=300)
+        for task_id in (big_old, big_new):
+            (store.task_dir(task_id) / "output.mp4").write_bytes(b"\0" * 10_000)
+        assert await store.expire(older_than_s=1800) == [old]
+        assert not store.task_dir(old).exists() and await store.get(old) is None
+        # over a 15 kB budget the oldest finished task goes first, then the next, until the rest fits
+        assert await store.expire(older_than_s=1800, max_bytes=15_000) == [big_old]
+        assert await store.expire(older_than_s=1800, max_bytes=100) == [big_new, recent]  # the queued task alone is over 100 B
+        # a queued task is never removed, whatever the budget
+        assert await store.expire(older_than_s=0, max_bytes=0) == []
+        assert (await store.get(waiting)).status == QUEUED and store.task_dir(waiting).is_dir()
+    asyncio.run(main())
+
+
+def test_progress_is_coalesced_per_phase(tmp_path):
+    async def runner(inputs, progress, cancel):
+        await progress(1, "Preprocessing image...")
+        for step in range(50):
+            await progress(2 + step, f"clip 1/1 step {step + 1}/50")
+        await progress(99, "clip 1/1 decoded")
+        return OUTPUT
+
+    async def main():
+        store = make_store(tmp_path)
+        worker = fast_worker(store, runner, progress_interval_s=60.0)
+        await worker.start()
+        try:
+            (task_id,) = await create(store)
+            worker.wake()
+            for _ in range(200):
+                if (await store.get(task_id)).status == COMPLETED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.stop()
+        logs = (await store.get(task_id)).logs
+        assert "Preprocessing image..." in logs and "clip 1/1 step 1/50" in logs and "clip 1/1 decoded" in logs
+        assert logs.count("step ") == 1  # 49 steps of the same phase coalesced
     asyncio.run(main())
