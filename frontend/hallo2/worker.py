@@ -248,18 +248,20 @@ class TaskWorker:
         inputs = TaskInputs(task.task_id, image, audio, task.use_cache, task.guidance_scale, task.inference_steps,
                             task.image_path, task.audio_path)
 
-        last_write, last_shape = -float("inf"), None
+        last_write, last_shape, last_percent = -float("inf"), None, -1.0
 
         async def progress(percent: int, message: str) -> None:
-            nonlocal last_write, last_shape
+            nonlocal last_write, last_shape, last_percent
             if entry.cancel.is_set():
                 return
             # coalesced: a row update and a log line per denoising step ("clip 1/7 step 3/40") would grow the task's
-            # logs with its length; a new phase ("Preprocessing image...") is always written
+            # logs with its length; a new phase ("Preprocessing image...") and a start again (a retry's 0 %) are
+            # always written
             shape = _DIGITS.sub("#", message)
-            if shape == last_shape and percent < 100 and time.monotonic() - last_write < self.progress_interval_s:
+            advancing = last_percent < percent < 100
+            if shape == last_shape and advancing and time.monotonic() - last_write < self.progress_interval_s:
                 return
-            last_write, last_shape = time.monotonic(), shape
+            last_write, last_shape, last_percent = time.monotonic(), shape, percent
             if not await store.update_progress(task.task_id, self.worker_id, percent, message):
                 entry.cancel.set()  # no longer ours: cancelled (or re-queued) in the database
 
