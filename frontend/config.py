@@ -32,6 +32,8 @@ class LamA2ESettings(BaseModel):
     max_chunk_seconds: float = Field(LAM_A2E.max_chunk_seconds, gt=0)
     max_audio_seconds: float = Field(LAM_A2E.max_audio_seconds, gt=0)
     max_sessions: int = Field(LAM_A2E.max_sessions, gt=0, description="live streaming sessions; init answers 503 beyond")
+    max_sessions_per_client: int = Field(LAM_A2E.max_sessions_per_client, gt=0,
+                                         description="of those, one API key's or address's; init answers 429 beyond")
     session_idle_timeout_s: float = Field(LAM_A2E.session_idle_timeout_s, gt=0,
                                           description="a session with no chunk for this long is closed")
     session_sweep_interval_s: float = Field(LAM_A2E.session_sweep_interval_s, gt=0)

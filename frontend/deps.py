@@ -3,6 +3,7 @@ check, bounded upload reads. Each slice's own engine dependency is in ``frontend
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -24,6 +25,17 @@ def engine_from_state(request: Request, name: str):
     if engine is None:
         raise ServiceUnavailable("model not initialised: the Triton client is not connected")
     return engine
+
+
+def client_key(request: Request) -> str:
+    """Who is asking, for per-client caps: the API key's digest when one is sent, else the client's address."""
+    supplied = request.headers.get("x-api-key") or ""
+    authorization = request.headers.get("authorization") or ""
+    if authorization.lower().startswith("bearer "):
+        supplied = supplied or authorization[7:].strip()
+    if supplied:
+        return "key:" + hashlib.sha256(supplied.encode()).hexdigest()[:16]
+    return "address:" + (request.client.host if request.client else "unknown")
 
 
 def require_api_key(request: Request) -> None:

@@ -54,6 +54,12 @@ class InferenceFailed(ApiError):
     default_error_code = "INFERENCE_FAILED"
 
 
+class TooManyRequests(ApiError):
+    status_code = 429
+    default_error_code = "TOO_MANY_REQUESTS"
+    retry_after_s = 5
+
+
 class ServiceUnavailable(ApiError):
     status_code = 503
     default_error_code = "SERVICE_UNAVAILABLE"
@@ -107,7 +113,7 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        if isinstance(exc, ServiceUnavailable):
+        if isinstance(exc, (ServiceUnavailable, TooManyRequests)):
             headers = {"Retry-After": str(exc.retry_after_s)}
         body = error_body(request, exc.status_code, exc.detail, exc.details, exc.error_code)
         return JSONResponse(body, status_code=exc.status_code, headers=headers)

@@ -48,7 +48,8 @@ def create_app(
         async def end_sequence(session: StreamSession) -> None:
             await lam.end_sequence(session.correlation_id)
 
-        sessions = SessionRegistry(settings.lam_a2e.max_sessions, settings.lam_a2e.session_idle_timeout_s, end_sequence)
+        sessions = SessionRegistry(settings.lam_a2e.max_sessions, settings.lam_a2e.session_idle_timeout_s, end_sequence,
+                                   settings.lam_a2e.max_sessions_per_client)
         app.state.lam_a2e_engine, app.state.sessions = lam, sessions
         app.state.emotion_llama_engine = emotion_llama_engine or TritonEmotionLlamaEngine(triton)
         sweeper = asyncio.create_task(sessions.sweep_forever(settings.lam_a2e.session_sweep_interval_s))

@@ -18,6 +18,7 @@ class LamA2EDefaults:
     max_chunk_bytes: int = 8 * _MiB  # one streaming chunk upload
     max_chunk_seconds: float = 30.0  # one streaming chunk's audio
     max_sessions: int = 256  # live streaming sessions of one front end
+    max_sessions_per_client: int = 32  # of those, what one API key (or, without one, one address) may hold
     session_idle_timeout_s: float = 300.0  # a REST session with no chunk for this long is closed
     session_sweep_interval_s: float = 5.0
     sequence_idle_timeout_s: float = 600.0  # Triton's sequence batcher frees a silent sequence after this

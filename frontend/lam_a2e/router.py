@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
 from emoserve.lam_a2e.defaults import LAM_A2E
-from frontend.deps import SettingsDep, engine_from_state, read_upload, require_api_key
+from frontend.deps import SettingsDep, client_key, engine_from_state, read_upload, require_api_key
 from frontend.errors import BadRequest, NotFound, ServiceUnavailable
 from frontend.lam_a2e.engine import EngineDep
 from frontend.lam_a2e.schemas import (
@@ -117,11 +117,12 @@ async def infer(
 
 
 @protected.post("/infer_stream_init", response_model=StreamInitResponse)
-async def stream_init(sessions: SessionsDep, engine: EngineDep, body: StreamInitRequest | None = None) -> StreamInitResponse:
+async def stream_init(request: Request, sessions: SessionsDep, engine: EngineDep,
+                      body: StreamInitRequest | None = None) -> StreamInitResponse:
     body = body or StreamInitRequest()
     if not await engine.ready():  # a session that could not take a single chunk is not opened
         raise ServiceUnavailable("LAM-A2E is not ready to serve (the inference server or a model is down); retry shortly")
-    session = await sessions.create(body.id_idx, body.movement_smooth, body.brow_movement)
+    session = await sessions.create(body.id_idx, body.movement_smooth, body.brow_movement, client=client_key(request))
     return StreamInitResponse(session_id=session.session_id, message="Streaming session initialized", id_idx=session.id_idx)
 
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from frontend.errors import NotFound, ServiceUnavailable
+from frontend.errors import NotFound, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,16 @@ class StreamSession:
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
+    client: str = ""  # frontend.deps.client_key of who opened it
 
 
 EndSequence = Callable[[StreamSession], Awaitable[None]]
 
 
 class SessionRegistry:
-    def __init__(self, max_sessions: int, idle_timeout_s: float, end_sequence: EndSequence):
+    def __init__(self, max_sessions: int, idle_timeout_s: float, end_sequence: EndSequence, max_per_client: int | None = None):
         self.max_sessions = max_sessions
+        self.max_per_client = max_per_client or max_sessions
         self.idle_timeout_s = idle_timeout_s
         self._end_sequence = end_sequence
         self._sessions: dict[str, StreamSession] = {}
@@ -49,13 +51,16 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def create(self, id_idx: int, movement_smooth: bool = True, brow_movement: bool = False) -> StreamSession:
+    async def create(self, id_idx: int, movement_smooth: bool = True, brow_movement: bool = False, client: str = "") -> StreamSession:
         async with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise ServiceUnavailable(f"too many streaming sessions ({self.max_sessions}); close one or retry later")
+            if sum(1 for s in self._sessions.values() if s.client == client) >= self.max_per_client:
+                raise TooManyRequests(f"this client already has {self.max_per_client} streaming sessions open; close one first")
             # 63-bit random ids: no collision with another front-end replica or an earlier run's sequences
             correlation_id = secrets.randbits(63) or 1
-            session = StreamSession(str(uuid.uuid4()), correlation_id, id_idx, correlation_id, movement_smooth, brow_movement)
+            session = StreamSession(str(uuid.uuid4()), correlation_id, id_idx, correlation_id, movement_smooth, brow_movement,
+                                    client=client)
             self._sessions[session.session_id] = session
             return session
 

@@ -106,3 +106,23 @@ def test_a_chunked_upload_is_stopped_at_the_routes_limit(api, frontend):
     answer = api.post("/api/infer", content=body(), headers={"content-type": "multipart/form-data; boundary=x"})
     assert answer.status_code == 413 and set(answer.json()) == {"detail"} and f"{limit} byte limit" in answer.json()["detail"]
     assert peak_rss(frontend.process.pid) - before < MEMORY_BUDGET_BYTES
+
+
+def test_one_client_cannot_take_every_streaming_session(triton_server):
+    import httpx
+
+    from stack.processes import FrontendProcess
+
+    frontend = FrontendProcess(triton_server.grpc_url, {"EMOSERVE_LAM_A2E__MAX_SESSIONS_PER_CLIENT": "2"}).start()
+    try:
+        with httpx.Client(base_url=frontend.base_url, timeout=30) as client:
+            opened = [client.post("/api/infer_stream_init", json={}).json()["session_id"] for _ in range(2)]
+            refused = client.post("/api/infer_stream_init", json={})
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+            assert set(refused.json()) == {"detail"} and "already has 2 streaming sessions" in refused.json()["detail"]
+            # another API key is another client
+            assert client.post("/api/infer_stream_init", json={}, headers={"X-API-Key": "other"}).status_code == 200
+            client.delete(f"/api/infer_stream_close/{opened[0]}")
+            assert client.post("/api/infer_stream_init", json={}).status_code == 200
+    finally:
+        frontend.stop()
