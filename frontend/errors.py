@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -37,6 +38,13 @@ class BadRequest(ApiError):
 class Unauthorized(ApiError):
     status_code = 401
     default_error_code = "UNAUTHORIZED"
+
+
+class Forbidden(ApiError):
+    """A valid request for something this server does not give out (a path outside its media roots)."""
+
+    status_code = 403
+    default_error_code = "FORBIDDEN"
 
 
 class NotFound(ApiError):
@@ -75,6 +83,40 @@ ERROR_STATUS_TAG = "error-status-body"
 # error_code of a request that fails FastAPI's parameter validation on an ERROR_CODE_TAG route
 INVALID_REQUEST = "INVALID_REQUEST"
 _HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+class DetailError(BaseModel):
+    """The LAM-A2E API's error body (and the app's default)."""
+
+    detail: str
+
+
+class FieldsError(BaseModel):
+    """The Emotion-LLaMA API overview's error body."""
+
+    error: str
+    code: int
+    details: str | None = None
+
+
+class CodeError(BaseModel):
+    """The Hallo2 API's error body (``DELETE /api/v1/tasks/{id}`` adds ``"status": "error"``)."""
+
+    detail: str
+    error_code: str
+    status: str | None = None
+
+
+_DESCRIPTIONS = {400: "bad input: the message names the problem", 401: "missing or invalid API key",
+                 403: "not allowed: a path outside the media roots, a browser page of another origin",
+                 404: "unknown resource (session, task, file)", 413: "body over the route's limit",
+                 429: "this client's share is used up; see Retry-After", 500: "inference or server failure",
+                 503: "a model or Triton is unavailable, or a queue is full; see Retry-After"}
+
+
+def documented_errors(body: type[BaseModel], codes: tuple[int, ...] = (400, 401, 403, 404, 413, 429, 500, 503)) -> dict:
+    """``APIRouter(responses=...)``: the error statuses an API's routes answer, each with that API's body."""
+    return {code: {"model": body, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
 def _api_route(request: Request):
@@ -122,8 +164,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # routing's own answers (404 of an unknown path, 405 of a method a path does not take) in the API's format
         code = _HTTP_ERROR_CODES.get(exc.status_code, "HTTP_ERROR")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route that has it
+            methods = {method for route in request.app.routes if route.matches(request.scope)[0] is Match.PARTIAL
+                       for method in getattr(route, "methods", ())}
+            headers["Allow"] = ", ".join(sorted(methods))
         return JSONResponse(error_body(request, exc.status_code, str(exc.detail), error_code=code), status_code=exc.status_code,
-                            headers=exc.headers)
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 
 from frontend import ops
 from frontend.config import Settings
@@ -28,6 +29,29 @@ from frontend.observability import install_request_tracking
 from frontend.triton import TritonEngine
 
 log = logging.getLogger(__name__)
+
+def _document_400_not_422(app: FastAPI) -> None:
+    """The APIs answer invalid parameters with 400 in their own body (``frontend/errors.py``), never FastAPI's 422,
+    and refuse empty uploads: the schema says so."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for component in schema.get("components", {}).get("schemas", {}).values():
+                for field in component.get("properties", {}).values():
+                    # an upload field: an empty file is refused (400)
+                    if field.get("format") == "binary" or field.get("contentMediaType") == "application/octet-stream":
+                        field["minLength"] = 1
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
 
 def create_app(
     settings: Settings | None = None,
@@ -86,6 +110,7 @@ def create_app(
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["X-Request-ID", "Retry-After"])
+    _document_400_not_422(app)
     install_request_tracking(app)  # outermost: counts and tags every answer
     app.include_router(ops.router)
     for model in (lam_a2e, emotion_llama, hallo2):

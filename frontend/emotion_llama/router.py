@@ -25,11 +25,22 @@ from frontend.config import Settings
 from frontend.deps import SettingsDep, read_upload, require_api_key
 from frontend.emotion_llama.engine import EmotionLlamaEngine, EngineDep, GenerationEvent
 from frontend.emotion_llama.schemas import SEED_LIMIT, PredictRequest, PredictResponse, Sampling, VideoAnswer, VideoQuestion
-from frontend.errors import ERROR_FIELD_TAG, ApiError, BadRequest, NotFound, PayloadTooLarge, error_body
+from frontend.errors import (
+    ERROR_FIELD_TAG,
+    ApiError,
+    BadRequest,
+    FieldsError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    documented_errors,
+    error_body,
+)
 
 # every Emotion-LLaMA route needs the API key: ``public`` is empty, kept for the same shape as the other slices
-public = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG])
-protected = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG], dependencies=[Depends(require_api_key)])
+public = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG], responses=documented_errors(FieldsError))
+protected = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG], dependencies=[Depends(require_api_key)],
+                      responses=documented_errors(FieldsError))
 
 
 
@@ -43,7 +54,7 @@ def resolve_media_path(raw: str, roots: list[Path]) -> Path:
     """The real path of a server-side video, refused unless it is a regular file inside a media root.
 
     Answers name the client's own path, never the server's roots or what the path resolved to."""
-    if not raw or not raw.strip():
+    if not raw:
         raise BadRequest("video_path is empty")
     if "\x00" in raw or len(raw) > _MAX_PATH_CHARS or any(len(part.encode()) > _MAX_NAME_BYTES for part in raw.split("/")):
         raise BadRequest("video_path is not a valid path (a NUL byte, or a name or path longer than the file system allows)")
@@ -53,7 +64,7 @@ def resolve_media_path(raw: str, roots: list[Path]) -> Path:
     real = Path(os.path.realpath(candidate))  # resolves "..", and symlinks, before the root check
     allowed = [Path(os.path.realpath(root)) for root in roots]
     if not any(real == root or root in real.parents for root in allowed):
-        raise BadRequest("video_path is outside the configured media roots",
+        raise Forbidden("video_path is outside the configured media roots",
                          details=f"{raw}: the server reads videos only inside its media roots "
                                  "(its operator can add a folder with EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS)")
     try:
@@ -135,10 +146,12 @@ async def analyze_upload(
     engine: EngineDep,
     settings: SettingsDep,
     video_file: Annotated[UploadFile, File(description="MP4, AVI, MOV, MKV or WebM")],
-    question: Annotated[str, Form(description="the prompt, e.g. '[emotion] What is the emotion expressed in this video?'")],
-    temperature: Annotated[float | None, Form(ge=0.0, le=2.0)] = None,
-    max_new_tokens: Annotated[int | None, Form(ge=1, le=EMOTION_LLAMA.max_new_tokens_limit)] = None,
-    seed: Annotated[int | None, Form(ge=0, lt=SEED_LIMIT)] = None,
+    question: Annotated[str, Form(min_length=1, max_length=EMOTION_LLAMA.max_prompt_chars, pattern=r"\S",
+                                  description="the prompt, e.g. '[emotion] What is the emotion expressed in this video?'")],
+    # a form field is absent or a value, never null: typed without None so that the schema says so
+    temperature: Annotated[float, Form(ge=0.0, le=2.0)] = None,
+    max_new_tokens: Annotated[int, Form(ge=1, le=EMOTION_LLAMA.max_new_tokens_limit)] = None,
+    seed: Annotated[int, Form(ge=0, lt=SEED_LIMIT)] = None,
 ) -> VideoAnswer:
     started = time.perf_counter()
     question = checked_question(question, settings)

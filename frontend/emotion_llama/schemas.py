@@ -3,14 +3,26 @@ and the additions: sampling fields, the upload endpoint)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.prompts import EMOTION_LABELS
 from emoserve.model_catalog import MAX_NEW_TOKENS, REPETITION_PENALTY, SEED, TEMPERATURE, TOP_P
+from frontend.json_types import json_int
 
-# seeds are Triton UINT64 but pass through int64 on the way; the same bound for the JSON bodies and the upload form
-SEED_LIMIT = 2**63
+# seeds are Triton UINT64; bounded to what a JSON number (and JavaScript) holds exactly, for the JSON bodies and the
+# upload form alike
+SEED_LIMIT = 2**53
+
+
+# what the routes accept, in the schema too: a path of names a file system can hold (no NUL byte, none over 255
+# characters), a question that is not blank
+VideoPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/?(?:[^/\x00]{1,255}/)*[^/\x00]{1,255}/?$",
+                                 description="a video file on the server, inside its media roots")]
+Question = Annotated[str, Field(min_length=1, max_length=EMOTION_LLAMA.max_prompt_chars, pattern=r"\S",
+                                description="the prompt, e.g. '[emotion] What is the emotion expressed in this video?'")]
 
 
 class Sampling(BaseModel):
@@ -19,16 +31,17 @@ class Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, ge=1.0, le=2.0)
-    max_new_tokens: int | None = Field(None, ge=1, le=EMOTION_LLAMA.max_new_tokens_limit)
-    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    max_new_tokens: json_int(ge=1, le=EMOTION_LLAMA.max_new_tokens_limit) | None = None
+    seed: json_int(ge=0, lt=SEED_LIMIT) | None = None
 
+    model_config = ConfigDict(strict=True)  # JSON bodies: 0 is not a boolean, "7" is not a number
     def as_inputs(self) -> dict[str, float | int | None]:
         return {TEMPERATURE: self.temperature, TOP_P: self.top_p, REPETITION_PENALTY: self.repetition_penalty,
                 MAX_NEW_TOKENS: self.max_new_tokens, SEED: self.seed}
 
 
 class PredictRequest(Sampling):
-    data: list[str] = Field(description="[video_path, prompt_text]", min_length=2, max_length=2)
+    data: tuple[VideoPath, Question] = Field(description="[video_path, prompt_text]", strict=False)  # a JSON array
 
 
 class PredictResponse(BaseModel):
@@ -38,8 +51,8 @@ class PredictResponse(BaseModel):
 
 
 class VideoQuestion(Sampling):
-    video_path: str
-    question: str
+    video_path: VideoPath
+    question: Question
 
 
 class VideoAnswer(BaseModel):

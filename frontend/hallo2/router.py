@@ -19,7 +19,7 @@ import asyncio
 import logging
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
@@ -36,9 +36,11 @@ from frontend.errors import (
     ERROR_STATUS_TAG,
     ApiError,
     BadRequest,
+    CodeError,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    documented_errors,
 )
 from frontend.hallo2.schemas import (
     ConfigUpdated,
@@ -59,7 +61,6 @@ from frontend.hallo2.tasks import (
     FAILED,
     PROCESSING,
     QUEUED,
-    STATUSES,
     Task,
     iso_utc,
 )
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TaskStatusName = Literal[QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED]
+
 
 class Codes:
     INVALID_IMAGE = "INVALID_IMAGE"
@@ -81,7 +84,6 @@ class Codes:
     VIDEO_NOT_FOUND = "VIDEO_NOT_FOUND"
     TASK_NOT_CANCELLABLE = "TASK_NOT_CANCELLABLE"
     INVALID_CONFIG = "INVALID_CONFIG"
-    INVALID_STATUS = "INVALID_STATUS"
     SERVICE_NOT_READY = "SERVICE_NOT_READY"
     SUBMIT_FAILED = "SUBMIT_FAILED"
     QUEUE_FULL = "QUEUE_FULL"
@@ -91,8 +93,9 @@ API_PREFIX = "/api/v1"
 _UPLOAD_ROUTE = "/inference/hallo2"
 UPLOAD_PATH = API_PREFIX + _UPLOAD_ROUTE
 
-public = APIRouter(tags=["Hallo2", ERROR_CODE_TAG])
-protected = APIRouter(prefix=API_PREFIX, tags=["Hallo2", ERROR_CODE_TAG], dependencies=[Depends(require_api_key)])
+public = APIRouter(tags=["Hallo2", ERROR_CODE_TAG], responses=documented_errors(CodeError))
+protected = APIRouter(prefix=API_PREFIX, tags=["Hallo2", ERROR_CODE_TAG], dependencies=[Depends(require_api_key)],
+                      responses=documented_errors(CodeError))
 
 
 def get_service(request: Request) -> Hallo2Service:
@@ -226,7 +229,9 @@ async def get_config(service: ServiceDep) -> Hallo2Config:
 @protected.post("/inference/hallo2/config", response_model=ConfigUpdated, summary="Set inference parameters for new tasks")
 async def set_config(
     service: ServiceDep,
-    body: Annotated[dict[str, Any], Body(description="guidance_scale, inference_steps, enable_cache (each optional)")],
+    # validated below (INVALID_CONFIG); the schema is the update model's, with at least one key
+    body: Annotated[dict[str, Any], Body(description="guidance_scale, inference_steps, enable_cache (at least one)",
+                                         json_schema_extra={**Hallo2ConfigUpdate.model_json_schema(), "minProperties": 1})],
 ) -> ConfigUpdated:
     try:
         update = Hallo2ConfigUpdate.model_validate(body)
@@ -246,13 +251,11 @@ async def set_config(
 @protected.get("/tasks", response_model=TaskList, summary="All tasks")
 async def list_tasks(
     service: ServiceDep,
-    status: Annotated[str | None, Query(description="only tasks with this status (addition)")] = None,
+    status: Annotated[TaskStatusName, Query(description="only tasks with this status (addition)")] = None,
     limit: Annotated[int, Query(ge=1, le=HALLO2.max_task_list_page, description="at most this many tasks, oldest first (addition)")]
     = HALLO2.task_list_page,
     offset: Annotated[int, Query(ge=0, le=2**31, description="skip this many tasks (addition)")] = 0,
 ) -> TaskList:
-    if status is not None and status not in STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(STATUSES)}", error_code=Codes.INVALID_STATUS)
     tasks = await service.store.list(status=status, limit=limit, offset=offset)
     counts = await service.store.counts()
     total = counts[status] if status is not None else sum(counts.values())

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emoserve.hallo2.defaults import HALLO2
 from frontend.hallo2.tasks import CANCELLED, QUEUED, Task
+from frontend.json_types import json_int
 
 
 class TaskCreated(BaseModel):
@@ -46,13 +47,14 @@ class TaskCancelled(BaseModel):
 class Hallo2ConfigUpdate(BaseModel):
     """Applies to tasks created afterwards; stored in the database (shared by replicas, kept across restarts)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    guidance_scale: float | None = Field(None, ge=HALLO2.min_guidance_scale, le=HALLO2.max_guidance_scale,
-                                        description=f"classifier-free guidance (upstream {HALLO2.guidance_scale:g})")
-    inference_steps: int | None = Field(None, ge=1, le=HALLO2.max_inference_steps,
-                                        description=f"denoising steps per clip (upstream {HALLO2.inference_steps})")
-    enable_cache: bool | None = Field(None, description="false: no task uses cached preprocessing, whatever its use_cache")
+    # each optional, none nullable: a key that is sent carries a value (the schema says so too)
+    guidance_scale: float = Field(None, ge=HALLO2.min_guidance_scale, le=HALLO2.max_guidance_scale,
+                                  description=f"classifier-free guidance (upstream {HALLO2.guidance_scale:g})")
+    inference_steps: json_int(ge=1, le=HALLO2.max_inference_steps) = Field(None,
+                                 description=f"denoising steps per clip (upstream {HALLO2.inference_steps})")
+    enable_cache: bool = Field(None, description="false: no task uses cached preprocessing, whatever its use_cache")
 
 
 class Hallo2Config(BaseModel):

@@ -13,7 +13,7 @@ from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
 from emoserve.lam_a2e.defaults import LAM_A2E
 from frontend.deps import SettingsDep, client_key, engine_from_state, read_upload, require_api_key
-from frontend.errors import BadRequest, NotFound, ServiceUnavailable
+from frontend.errors import BadRequest, DetailError, NotFound, ServiceUnavailable, documented_errors
 from frontend.lam_a2e.engine import EngineDep
 from frontend.lam_a2e.schemas import (
     Frame,
@@ -32,8 +32,8 @@ from frontend.lam_a2e.sessions import SessionRegistry
 SERVICE_NAME = "LAM-A2E API"
 SERVICE_VERSION = "1.0.0"
 
-public = APIRouter(tags=["LAM-A2E"])
-protected = APIRouter(prefix="/api", tags=["LAM-A2E"], dependencies=[Depends(require_api_key)])
+public = APIRouter(tags=["LAM-A2E"], responses=documented_errors(DetailError))
+protected = APIRouter(prefix="/api", tags=["LAM-A2E"], dependencies=[Depends(require_api_key)], responses=documented_errors(DetailError))
 
 
 def get_sessions(request: Request) -> SessionRegistry:
@@ -131,7 +131,7 @@ async def stream_chunk(
     engine: EngineDep,
     sessions: SessionsDep,
     settings: SettingsDep,
-    session_id: Annotated[str, Form(description="from /api/infer_stream_init")],
+    session_id: Annotated[str, Form(min_length=1, description="from /api/infer_stream_init")],
     audio_chunk: Annotated[UploadFile, File(description="about 1 s of audio (0.5-2 s recommended)")],
 ) -> StreamChunkResponse:
     session = sessions.get(session_id)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from emoserve.constants import NUM_IDENTITIES
+from frontend.json_types import json_int
 
 
 class ServiceInfo(BaseModel):
@@ -53,7 +54,9 @@ class StreamChunkResponse(BaseModel):
 
 
 class StreamInitRequest(BaseModel):
-    id_idx: int = Field(0, ge=0, le=NUM_IDENTITIES - 1, description="identity / style index")
+    model_config = ConfigDict(strict=True)  # a JSON body: 0 is not a boolean
+
+    id_idx: json_int(ge=0, le=NUM_IDENTITIES - 1) = Field(0, description="identity / style index")
     # Extensions of the documented body; the defaults are upstream's streaming behaviour.
     movement_smooth: bool = Field(True, description="damp mouth movement during silence (upstream streaming always does)")
     brow_movement: bool = Field(False, description="add brow movement on loud passages")

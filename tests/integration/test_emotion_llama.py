@@ -252,7 +252,7 @@ def test_bad_inputs_get_clear_4xx_and_the_model_keeps_serving(api, media, media_
         return api.post("/process_video", json={"video_path": str(path), "question": question, "max_new_tokens": 4})
 
     _error(process(media_root / "missing.mp4"), 404, "not found")
-    _error(process("/etc/passwd"), 400, "outside the configured media roots")
+    _error(process("/etc/passwd"), 403, "outside the configured media roots")
     _error(process(f"{media_root}/../{media_root.name}/../../etc/passwd"), 400, "outside")
     outside = tmp_path / "secret.mp4"
     outside.write_bytes(SAMPLE_VIDEO.read_bytes())
