@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.prompts import EMOTION_LABELS
@@ -21,8 +21,16 @@ SEED_LIMIT = 2**53
 # characters), a question that is not blank
 VideoPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/?(?:[^/\x00]{1,255}/)*[^/\x00]{1,255}/?$",
                                  description="a video file on the server, inside its media roots")]
-Question = Annotated[str, Field(min_length=1, max_length=EMOTION_LLAMA.max_prompt_chars, pattern=r"\S",
-                                description="the prompt, e.g. '[emotion] What is the emotion expressed in this video?'")]
+def _not_blank(question: str) -> str:
+    if not question.strip():
+        raise ValueError("the question is empty")
+    return question
+
+
+# the pattern is for the schema; the validator says what is wrong in words
+Question = Annotated[str, Field(min_length=1, max_length=EMOTION_LLAMA.max_prompt_chars, json_schema_extra={"pattern": r"\S"},
+                                description="the prompt, e.g. '[emotion] What is the emotion expressed in this video?'"),
+                     AfterValidator(_not_blank)]
 
 
 class Sampling(BaseModel):
