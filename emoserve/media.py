@@ -18,6 +18,10 @@ import numpy as np
 from emoserve.audio import AudioDecodeError, resample
 from emoserve.constants import SAMPLE_RATE
 
+# the largest picture decoded anywhere (a video's first frame, Hallo2's portrait), checked from the header before
+# FFmpeg allocates it: ~6300 x 6300
+MAX_PICTURE_PIXELS = 40_000_000
+
 
 class VideoDecodeError(ValueError):
     """The bytes are empty, not a video, or a video without a decodable frame."""
@@ -70,12 +74,16 @@ def _open_first_frame(data: bytes) -> tuple[np.ndarray, float | None]:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
                 raise VideoDecodeError("the file has no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+            if width * height > MAX_PICTURE_PIXELS:
+                raise VideoDecodeError(f"the video's frames are too large ({width}x{height} > {MAX_PICTURE_PIXELS} pixels)")
             duration = float(container.duration / av.time_base) if container.duration else None
             return _first_frame(container), duration
     except VideoDecodeError:
         raise
     except Exception as exc:  # PyAV raises a family of FFmpeg errors for garbage input
-        raise VideoDecodeError(f"not a supported video file ({type(exc).__name__}: {exc})") from None
+        raise VideoDecodeError(f"not a supported video file ({type(exc).__name__})") from None
 
 
 def probe_video(data: bytes) -> None:

@@ -120,12 +120,16 @@ def documented_errors(body: type[BaseModel], codes: tuple[int, ...] = (400, 401,
 
 
 def _api_route(request: Request):
-    """The route that answers: the matched one, or for a method the path does not take (405), the route of that path."""
+    """The route that answers: the matched one; before routing (a middleware's answer) the route that will match;
+    for a method the path does not take (405), the route of that path."""
     route = request.scope.get("route")
     if route is None:
-        for candidate in getattr(request.app, "routes", []):
-            if candidate.matches(request.scope)[0] is Match.PARTIAL:
-                return candidate
+        # the slices' own routes (``app.routes`` may hold wrappers of included routers, without their tags)
+        routes = getattr(request.app.state, "api_routes", None) or getattr(request.app, "routes", [])
+        for wanted in (Match.FULL, Match.PARTIAL):
+            for candidate in routes:
+                if candidate.matches(request.scope)[0] is wanted:
+                    return candidate
     return route
 
 
@@ -166,7 +170,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_ERROR_CODES.get(exc.status_code, "HTTP_ERROR")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method of the path, not only those of the first route that has it
-            methods = {method for route in request.app.routes if route.matches(request.scope)[0] is Match.PARTIAL
+            routes = getattr(request.app.state, "api_routes", None) or request.app.routes
+            methods = {method for route in routes if route.matches(request.scope)[0] is Match.PARTIAL
                        for method in getattr(route, "methods", ())}
             headers["Allow"] = ", ".join(sorted(methods))
         return JSONResponse(error_body(request, exc.status_code, str(exc.detail), error_code=code), status_code=exc.status_code,

@@ -10,11 +10,15 @@ route (JSON bodies) gets :data:`JSON_BODY_LIMIT`.
 
 from __future__ import annotations
 
+import time
+
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from frontend.config import Settings
-from frontend.errors import PayloadTooLarge
+from frontend.deps import client_key
+from frontend.errors import PayloadTooLarge, error_body
 
 # multipart framing around an upload: generous, so that only the files' limit decides
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -99,4 +103,39 @@ class OriginCheck:
                 response = JSONResponse({"detail": f"requests from the origin {origin} are not allowed (EMOSERVE_CORS_ORIGINS)"},
                                         status_code=403)
                 return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+# never counted: what probes, scrapers and a reader of the docs call
+RATE_LIMIT_EXEMPT = frozenset({"/livez", "/readyz", "/metrics", "/health", "/api/health", "/api/v1/health", "/docs", "/redoc",
+                               "/openapi.json"})
+
+
+class RateLimit:
+    """Requests per client (an API key's digest, or the address without one) within a moving window, counted by the
+    ``limits`` library in this process's memory (each replica counts its own). Over the limit: 429 with
+    ``Retry-After`` in the route's error format. Health, metrics and the docs are not counted."""
+
+    def __init__(self, app, limit: str, exempt_paths: frozenset[str] = RATE_LIMIT_EXEMPT):
+        from limits import parse
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
+
+        self.app = app
+        self.limit = parse(limit)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.exempt_paths = exempt_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        key = client_key(request)
+        if not self.limiter.hit(self.limit, key):
+            reset = self.limiter.get_window_stats(self.limit, key).reset_time
+            retry_after = max(1, int(reset - time.time()) + 1)
+            message = f"rate limit exceeded: {self.limit} per client; retry after {retry_after} s"
+            response = JSONResponse(error_body(request, 429, message, error_code="RATE_LIMITED"), status_code=429,
+                                    headers={"Retry-After": str(retry_after)})
+            return await response(scope, receive, send)
         return await self.app(scope, receive, send)

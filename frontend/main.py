@@ -24,7 +24,7 @@ from frontend.hallo2.service import Hallo2Service
 from frontend.lam_a2e import router as lam_a2e
 from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
 from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
-from frontend.limits import BodyLimit, OriginCheck, route_body_limits
+from frontend.limits import BodyLimit, OriginCheck, RateLimit, route_body_limits
 from frontend.observability import install_request_tracking
 from frontend.triton import TritonEngine
 
@@ -107,13 +107,16 @@ def create_app(
 
     app.add_middleware(BodyLimit, limits=route_body_limits(settings, hallo2.UPLOAD_PATH, hallo2.Codes.FILE_TOO_LARGE))
     app.add_middleware(OriginCheck, allowed=settings.cors_origins)
+    if settings.rate_limit:
+        app.add_middleware(RateLimit, limit=settings.rate_limit)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["X-Request-ID", "Retry-After"])
     _document_400_not_422(app)
     install_request_tracking(app)  # outermost: counts and tags every answer
     app.include_router(ops.router)
-    for model in (lam_a2e, emotion_llama, hallo2):
-        app.include_router(model.public)
-        app.include_router(model.protected)
+    slice_routers = [router for model in (lam_a2e, emotion_llama, hallo2) for router in (model.public, model.protected)]
+    for router in slice_routers:
+        app.include_router(router)
+    app.state.api_routes = [route for router in slice_routers for route in router.routes]  # error bodies before routing
     return app

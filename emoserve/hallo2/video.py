@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emoserve.media import encode_video
+from emoserve.media import MAX_PICTURE_PIXELS, encode_video
 
 __all__ = ["MAX_IMAGE_PIXELS", "ImageDecodeError", "ImageInfo", "decode_image", "mux_mp4", "probe_image"]
 
-MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs (~ 6300 x 6300)
+MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS  # the portrait: the one picture limit (decompression bombs)
 MIN_IMAGE_SIDE = 8
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

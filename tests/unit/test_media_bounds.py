@@ -70,3 +70,13 @@ def test_random_and_truncated_bytes_are_clean_decode_errors(seed):
             probe_image(data)
         except ImageDecodeError:
             pass
+
+
+def test_a_video_whose_frames_are_over_the_picture_limit_is_refused_from_its_header(monkeypatch):
+    from emoserve import media
+
+    video = media.encode_video(np.full((3, 64, 64, 3), 90, np.uint8), 10)
+    media.probe_video(video)
+    monkeypatch.setattr(media, "MAX_PICTURE_PIXELS", 64 * 64 - 1)  # the check, on a video small enough to make here
+    with pytest.raises(media.VideoDecodeError, match=r"too large \(64x64"):
+        media.probe_video(video)

@@ -86,3 +86,19 @@ def test_browsers_from_other_origins_cannot_post_and_allowed_ones_get_cors_heade
     assert same.status_code != 403
     assert api.post("/api/infer_stream_init", json={}).status_code != 403
     assert api.get("/livez", headers={"Origin": "https://evil.example"}).status_code == 200
+
+
+def test_rate_limit_per_client_in_each_apis_format_with_probes_exempt():
+    api = TestClient(create_app(Settings(rate_limit="3/minute")))
+    assert all(api.get("/livez").status_code == 200 for _ in range(10))  # probes are not counted
+    statuses = [api.post("/api/infer_stream_init", json={}).status_code for _ in range(3)]
+    assert 429 not in statuses
+    limited = api.post("/api/infer_stream_init", json={})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert set(limited.json()) == {"detail"} and "rate limit exceeded" in limited.json()["detail"]
+    llama = api.post("/process_video", json={"video_path": "x", "question": "hi"})
+    assert llama.status_code == 429 and set(llama.json()) == {"error", "code", "details"}
+    hallo2 = api.get("/api/v1/tasks")
+    assert hallo2.status_code == 429 and hallo2.json()["error_code"] == "RATE_LIMITED"
+    # another API key is another client, with its own budget
+    assert api.post("/api/infer_stream_init", json={}, headers={"X-API-Key": "someone-else"}).status_code != 429
