@@ -27,12 +27,18 @@ def engine_from_state(request: Request, name: str):
     return engine
 
 
-def client_key(request: Request) -> str:
-    """Who is asking, for per-client caps: the API key's digest when one is sent, else the client's address."""
+def supplied_api_key(request: Request) -> str:
+    """The key a request carries: ``X-API-Key``, else ``Authorization: Bearer``; '' without one."""
     supplied = request.headers.get("x-api-key") or ""
     authorization = request.headers.get("authorization") or ""
     if authorization.lower().startswith("bearer "):
         supplied = supplied or authorization[7:].strip()
+    return supplied
+
+
+def client_key(request: Request) -> str:
+    """Who is asking, for per-client caps: the API key's digest when one is sent, else the client's address."""
+    supplied = supplied_api_key(request)
     if supplied:
         return "key:" + hashlib.sha256(supplied.encode()).hexdigest()[:16]
     return "address:" + (request.client.host if request.client else "unknown")
@@ -42,11 +48,7 @@ def require_api_key(request: Request) -> None:
     expected = request.app.state.settings.api_key
     if not expected:
         return
-    supplied = request.headers.get("x-api-key") or ""
-    authorization = request.headers.get("authorization") or ""
-    if authorization.lower().startswith("bearer "):
-        supplied = supplied or authorization[7:].strip()
-    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+    if not hmac.compare_digest(supplied_api_key(request).encode(), expected.encode()):
         raise Unauthorized("missing or invalid API key (send X-API-Key or Authorization: Bearer)")
 
 
