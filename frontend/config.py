@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     triton_probe_timeout_s: float = Field(2.0, gt=0, description="health and readiness probes of Triton")
     shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM: how long in-flight requests may take to finish")
     api_key: str | None = Field(None, description="when set, /api routes need header X-API-Key or Bearer token")
+    max_requests_per_client: int = Field(32, gt=0, description="requests of one client in flight at once, streams included "
+                                         "(429 beyond)")
     rate_limit: str = Field("", description="requests per client (API key, or address), e.g. '600/minute'; empty: no limit "
                             "(429 with Retry-After beyond; health, metrics and docs are not counted)")
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API (JSON list); "

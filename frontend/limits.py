@@ -139,3 +139,33 @@ class RateLimit:
                                     headers={"Retry-After": str(retry_after)})
             return await response(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class ConcurrencyLimit:
+    """At most ``per_client`` requests of one client (its API key, or its address) in flight at once, a streaming
+    answer counting until its last byte: one client cannot hold every worker or every SSE stream. Beyond: 429 with
+    ``Retry-After`` in the route's format. Probes and docs are not counted."""
+
+    def __init__(self, app, per_client: int, exempt_paths: frozenset[str] = RATE_LIMIT_EXEMPT):
+        self.app = app
+        self.per_client = per_client
+        self.exempt_paths = exempt_paths
+        self.in_flight: dict[str, int] = {}  # one event loop: no lock needed between the check and the count
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        key = client_key(request)
+        if self.in_flight.get(key, 0) >= self.per_client:
+            message = f"this client already has {self.per_client} requests in flight; retry when one has finished"
+            response = JSONResponse(error_body(request, 429, message, error_code="TOO_MANY_REQUESTS"), status_code=429,
+                                    headers={"Retry-After": "1"})
+            return await response(scope, receive, send)
+        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight[key] -= 1
+            if not self.in_flight[key]:
+                del self.in_flight[key]

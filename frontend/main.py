@@ -24,7 +24,7 @@ from frontend.hallo2.service import Hallo2Service
 from frontend.lam_a2e import router as lam_a2e
 from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
 from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
-from frontend.limits import BodyLimit, OriginCheck, RateLimit, route_body_limits
+from frontend.limits import BodyLimit, ConcurrencyLimit, OriginCheck, RateLimit, route_body_limits
 from frontend.observability import install_request_tracking
 from frontend.triton import TritonEngine
 
@@ -107,6 +107,7 @@ def create_app(
 
     app.add_middleware(BodyLimit, limits=route_body_limits(settings, hallo2.UPLOAD_PATH, hallo2.Codes.FILE_TOO_LARGE))
     app.add_middleware(OriginCheck, allowed=settings.cors_origins)
+    app.add_middleware(ConcurrencyLimit, per_client=settings.max_requests_per_client)
     if settings.rate_limit:
         app.add_middleware(RateLimit, limit=settings.rate_limit)
     if settings.cors_origins:

@@ -102,3 +102,35 @@ def test_rate_limit_per_client_in_each_apis_format_with_probes_exempt():
     assert hallo2.status_code == 429 and hallo2.json()["error_code"] == "RATE_LIMITED"
     # another API key is another client, with its own budget
     assert api.post("/api/infer_stream_init", json={}, headers={"X-API-Key": "someone-else"}).status_code != 429
+
+
+def test_one_client_cannot_hold_more_than_its_share_of_requests_in_flight():
+    import asyncio
+
+    import httpx
+
+    app = create_app(Settings(max_requests_per_client=2))
+    release = asyncio.Event()
+
+    async def slow():
+        await release.wait()
+        return {"ok": True}
+
+    app.add_api_route("/slow", slow, methods=["GET"])
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            held = [asyncio.create_task(client.get("/slow")) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            refused = await client.get("/slow")
+            other = asyncio.create_task(client.get("/slow", headers={"X-API-Key": "another-client"}))
+            probe = await client.get("/livez")  # not counted
+            release.set()
+            answers = [await task for task in held] + [await other]
+            after = await client.get("/slow")
+        return refused, probe, answers, after
+
+    refused, probe, answers, after = asyncio.run(main())
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1" and "2 requests in flight" in refused.json()["detail"]
+    assert probe.status_code == 200 and [a.status_code for a in answers] == [200, 200, 200] and after.status_code == 200
