@@ -1,6 +1,6 @@
 """The decoders refuse what they cannot bound before decoding it: audio layout and length from the header (then
-counted while decoding in blocks), image size from the PNG/JPEG header. Plus random and truncated bytes: a clean
-``*DecodeError``, never another exception."""
+counted while decoding in blocks), image size from the PNG/JPEG header. Plus any bytes, truncated and corrupted files
+(hypothesis): a clean ``*DecodeError``, never another exception."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio, encode_wav
 from emoserve.hallo2.video import ImageDecodeError, header_size, probe_image
@@ -56,20 +58,37 @@ def test_image_size_comes_from_the_header():
     assert header_size(png, "png") == (info.width, info.height)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_random_and_truncated_bytes_are_clean_decode_errors(seed):
-    rng = np.random.default_rng(seed)
-    wav, png = encode_wav(np.zeros(1600, np.float32), 16000), portrait_png()
-    for data in (rng.bytes(int(rng.integers(1, 4096))), wav[: int(rng.integers(1, len(wav)))],
-                 b"RIFF" + rng.bytes(60), png[: int(rng.integers(1, 64))]):
+_WAV = encode_wav(np.sin(np.arange(1600, dtype=np.float32) / 5) * 0.1, 16000)
+_PNG = portrait_png()
+
+
+def _only_own_errors(data: bytes) -> None:
+    from emoserve.media import VideoDecodeError, probe_video
+
+    for decode, own_error in ((lambda b: decode_audio(b, max_seconds=10), AudioDecodeError), (probe_image, ImageDecodeError),
+                              (probe_video, VideoDecodeError)):
         try:
-            decode_audio(data, max_seconds=10)
-        except AudioDecodeError:
+            decode(data)
+        except own_error:
             pass
-        try:
-            probe_image(data)
-        except ImageDecodeError:
-            pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=4096))
+def test_any_bytes_are_decoded_or_refused_with_the_decoders_own_error(data):
+    _only_own_errors(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([_WAV, _PNG]), st.data())
+def test_truncated_and_corrupted_files_are_refused_with_the_decoders_own_error(original, data):
+    cut = data.draw(st.integers(0, len(original)))
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(original) - 1), st.integers(0, 255)), max_size=8))
+    corrupted = bytearray(original[:cut] if data.draw(st.booleans()) else original)
+    for position, value in flips:
+        if position < len(corrupted):
+            corrupted[position] = value
+    _only_own_errors(bytes(corrupted))
 
 
 def test_a_video_whose_frames_are_over_the_picture_limit_is_refused_from_its_header(monkeypatch):
