@@ -21,7 +21,8 @@ class TaskStatus(BaseModel):
     progress: int = Field(ge=0, le=100)
     status_message: str | None
     result: dict | None = Field(
-        description="when completed: video_url, video_path, frames, fps, duration, width, height, size_bytes, processing_time")
+        description="when completed: video_url, video_path (inside the task storage), frames, fps, duration, width, height, "
+                    "size_bytes, processing_time")
     error: str | None
     created_at: str
     updated_at: str

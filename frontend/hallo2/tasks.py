@@ -404,7 +404,9 @@ class TaskStore:
     def _complete(self, task_id: str, worker_id: str, video: bytes, result: dict) -> bool:
         output = self.task_dir(task_id) / OUTPUT_NAME
         write_atomically(output, video)
-        result = dict(result, video_path=str(output), video_url=f"/api/v1/tasks/{task_id}/video", size_bytes=len(video))
+        # the path inside the task storage, not the server's folder (answers carry no server paths)
+        result = dict(result, video_path=str(output.relative_to(self.data_dir)), video_url=f"/api/v1/tasks/{task_id}/video",
+                      size_bytes=len(video))
         done = self._update(task_id, self._owned(worker_id),
                             {"status": COMPLETED, "progress": 100, "status_message": "Task completed", "result": result,
                              "error": None, "claimed_by": None, "heartbeat_at": None},

@@ -119,6 +119,7 @@ def test_documented_workflow_create_poll_download(client):
     assert result["frames"] == FRAMES and result["fps"] == 25 and result["video_url"] == f"/api/v1/tasks/{task_id}/video"
     assert list(result) == ["frames", "fps", "duration", "width", "height", "processing_time", "video_path", "video_url", "size_bytes"]
     assert (result["duration"], result["width"], result["height"]) == (FRAMES / 25, 32, 32)
+    assert result["video_path"] == f"{task_id}/output.mp4"  # inside the task storage: no server folder in answers
 
     video = client.get(f"/api/v1/tasks/{task_id}/video")
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"

@@ -229,7 +229,7 @@ def test_results_are_never_half_written(tmp_path, monkeypatch):
         assert await store.complete(again, "w2", VIDEO, {"frames": 5})
         task = await store.get(again)
         assert task.status == COMPLETED and task.progress == 100 and task.result["frames"] == 5
-        assert Path(task.result["video_path"]).read_bytes() == VIDEO and task.result["size_bytes"] == len(VIDEO)
+        assert (store.data_dir / task.result["video_path"]).read_bytes() == VIDEO and task.result["size_bytes"] == len(VIDEO)
     asyncio.run(main())
 
 
