@@ -1,5 +1,12 @@
-"""Request bodies bounded as their bytes arrive, per route, whether the client declares a ``Content-Length`` or
-sends chunks.
+"""What one request, and one client, may take from the front end — each a pure ASGI middleware, wired in
+``frontend/main.py``:
+
+* :class:`BodyLimit`: request bodies bounded as their bytes arrive, per route, declared or chunked (413);
+* :class:`RateLimit`: requests per client in a moving window (429, when ``EMOSERVE_RATE_LIMIT`` is set);
+* :class:`ConcurrencyLimit`: requests per client in flight, streams included (429);
+* :class:`OriginCheck`: browsers' state-changing requests from origins not allowed (403).
+
+Clients are told apart by :func:`frontend.deps.client_key`; probes, metrics and docs are never counted.
 
 :class:`BodyLimit` wraps the ASGI ``receive`` channel: a declared length over the route's limit, or the running
 count of received bytes passing it, raises :class:`BodyTooLarge` inside the route while it reads its body, so
@@ -107,7 +114,7 @@ class OriginCheck:
 
 
 # never counted: what probes, scrapers and a reader of the docs call
-RATE_LIMIT_EXEMPT = frozenset({"/livez", "/readyz", "/metrics", "/health", "/api/health", "/api/v1/health", "/docs", "/redoc",
+UNCOUNTED_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/health", "/api/health", "/api/v1/health", "/docs", "/redoc",
                                "/openapi.json"})
 
 
@@ -116,7 +123,7 @@ class RateLimit:
     ``limits`` library in this process's memory (each replica counts its own). Over the limit: 429 with
     ``Retry-After`` in the route's error format. Health, metrics and the docs are not counted."""
 
-    def __init__(self, app, limit: str, exempt_paths: frozenset[str] = RATE_LIMIT_EXEMPT):
+    def __init__(self, app, limit: str, exempt_paths: frozenset[str] = UNCOUNTED_PATHS):
         from limits import parse
         from limits.storage import MemoryStorage
         from limits.strategies import MovingWindowRateLimiter
@@ -146,7 +153,7 @@ class ConcurrencyLimit:
     answer counting until its last byte: one client cannot hold every worker or every SSE stream. Beyond: 429 with
     ``Retry-After`` in the route's format. Probes and docs are not counted."""
 
-    def __init__(self, app, per_client: int, exempt_paths: frozenset[str] = RATE_LIMIT_EXEMPT):
+    def __init__(self, app, per_client: int, exempt_paths: frozenset[str] = UNCOUNTED_PATHS):
         self.app = app
         self.per_client = per_client
         self.exempt_paths = exempt_paths
