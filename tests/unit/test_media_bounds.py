@@ -73,13 +73,13 @@ def _only_own_errors(data: bytes) -> None:
             pass
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)  # the same examples every run: CI stays reproducible
 @given(st.binary(max_size=4096))
 def test_any_bytes_are_decoded_or_refused_with_the_decoders_own_error(data):
     _only_own_errors(data)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)  # the same examples every run: CI stays reproducible
 @given(st.sampled_from([_WAV, _PNG]), st.data())
 def test_truncated_and_corrupted_files_are_refused_with_the_decoders_own_error(original, data):
     cut = data.draw(st.integers(0, len(original)))
