@@ -119,13 +119,17 @@ def documented_errors(body: type[BaseModel], codes: tuple[int, ...] = (400, 401,
     return {code: {"model": body, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
+def _slice_routes(request: Request) -> list:
+    """The slices' own routes (``app.routes`` may hold wrappers of included routers, without their tags)."""
+    return getattr(request.app.state, "api_routes", None) or getattr(request.app, "routes", [])
+
+
 def _api_route(request: Request):
     """The route that answers: the matched one; before routing (a middleware's answer) the route that will match;
     for a method the path does not take (405), the route of that path."""
     route = request.scope.get("route")
     if route is None:
-        # the slices' own routes (``app.routes`` may hold wrappers of included routers, without their tags)
-        routes = getattr(request.app.state, "api_routes", None) or getattr(request.app, "routes", [])
+        routes = _slice_routes(request)
         for wanted in (Match.FULL, Match.PARTIAL):
             for candidate in routes:
                 if candidate.matches(request.scope)[0] is wanted:
@@ -170,8 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_ERROR_CODES.get(exc.status_code, "HTTP_ERROR")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method of the path, not only those of the first route that has it
-            routes = getattr(request.app.state, "api_routes", None) or request.app.routes
-            methods = {method for route in routes if route.matches(request.scope)[0] is Match.PARTIAL
+            methods = {method for route in _slice_routes(request) if route.matches(request.scope)[0] is Match.PARTIAL
                        for method in getattr(route, "methods", ())}
             headers["Allow"] = ", ".join(sorted(methods))
         return JSONResponse(error_body(request, exc.status_code, str(exc.detail), error_code=code), status_code=exc.status_code,

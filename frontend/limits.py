@@ -118,6 +118,12 @@ UNCOUNTED_PATHS = frozenset({"/livez", "/readyz", "/metrics", "/health", "/api/h
                                "/openapi.json"})
 
 
+def _too_many_requests(request: Request, message: str, error_code: str, retry_after_s: int) -> JSONResponse:
+    """A 429 answered before routing, in the error format of the route the request was for."""
+    return JSONResponse(error_body(request, 429, message, error_code=error_code), status_code=429,
+                        headers={"Retry-After": str(retry_after_s)})
+
+
 class RateLimit:
     """Requests per client (an API key's digest, or the address without one) within a moving window, counted by the
     ``limits`` library in this process's memory (each replica counts its own). Over the limit: 429 with
@@ -142,9 +148,7 @@ class RateLimit:
             reset = self.limiter.get_window_stats(self.limit, key).reset_time
             retry_after = max(1, int(reset - time.time()) + 1)
             message = f"rate limit exceeded: {self.limit} per client; retry after {retry_after} s"
-            response = JSONResponse(error_body(request, 429, message, error_code="RATE_LIMITED"), status_code=429,
-                                    headers={"Retry-After": str(retry_after)})
-            return await response(scope, receive, send)
+            return await _too_many_requests(request, message, "RATE_LIMITED", retry_after)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -166,9 +170,7 @@ class ConcurrencyLimit:
         key = client_key(request)
         if self.in_flight.get(key, 0) >= self.per_client:
             message = f"this client already has {self.per_client} requests in flight; retry when one has finished"
-            response = JSONResponse(error_body(request, 429, message, error_code="TOO_MANY_REQUESTS"), status_code=429,
-                                    headers={"Retry-After": "1"})
-            return await response(scope, receive, send)
+            return await _too_many_requests(request, message, "TOO_MANY_REQUESTS", 1)(scope, receive, send)
         self.in_flight[key] = self.in_flight.get(key, 0) + 1
         try:
             await self.app(scope, receive, send)
