@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from stack.processes import FrontendProcess, free_port  # noqa: F401  (re-exported for tests)
+from tests.postgres import postgres  # noqa: F401  (the throwaway PostgreSQL cluster fixture)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = PROJECT_ROOT / "examples"

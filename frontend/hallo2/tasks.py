@@ -1,22 +1,29 @@
 """Hallo2 tasks in a real database (SQLAlchemy 2.x), and their files in one folder per task.
 
 Storage
-    * one row per task in ``hallo2_tasks`` (any SQLAlchemy URL: the default is an SQLite file, PostgreSQL
-      works for several front-end replicas sharing one queue), plus one row in ``hallo2_config`` for the
+    * one row per task in ``hallo2_tasks`` (any SQLAlchemy URL: the default is an SQLite file; PostgreSQL
+      serves several front ends and workers sharing one queue), plus one row in ``hallo2_config`` for the
       inference parameters set by ``POST /api/v1/inference/hallo2/config`` (shared by replicas, kept across
-      restarts);
-    * files under ``<data_dir>/<task_id>/``: ``image.<ext>``, ``audio.<ext>`` (inputs) and ``output.mp4``
-      (the result). Every file is written to a temporary name in the same folder, flushed, fsynced and
-      renamed, so a reader never sees a half-written file; a crash leaves at most a ``*.part`` file, which
+      restarts). The schema is Alembic's (``frontend/hallo2/migrations``), migrated when a store opens;
+    * files through :class:`frontend.hallo2.storage.TaskFiles` (a local or shared folder,
+      ``<data_dir>/<task_id>/``): ``image.<ext>``, ``audio.<ext>`` (inputs) and ``output.mp4`` (the result),
+      each written whole or not at all; a crash leaves at most a ``*.part`` file, which
       :meth:`TaskStore.recover_on_startup` removes.
 
 Concurrency
     The store is synchronous SQLAlchemy run in worker threads (``anyio.to_thread``), so the event loop never
     blocks on the database. Every state change is ONE guarded ``UPDATE ... WHERE status = ...`` (and, for a
-    worker's own writes, ``AND claimed_by = <worker>``): :meth:`TaskStore.claim_next` picks the oldest queued
-    task and takes it only if it is still queued, retrying otherwise, which is safe with several workers,
-    processes or replicas; a worker whose task was cancelled or re-queued behind its back sees its write
-    refused instead of overwriting the new state.
+    worker's own writes, ``AND claimed_by = <worker>``), so a worker whose task was cancelled or re-queued
+    behind its back sees its write refused instead of overwriting the new state.
+
+Claims and leases
+    :meth:`TaskStore.claim_next` is one statement, ``UPDATE ... WHERE id = (SELECT id ... WHERE status = 'queued'
+    ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = 'queued' RETURNING ...``: on PostgreSQL
+    concurrent claimers skip the rows another transaction holds and each takes a different task; SQLite has no
+    row locks, but the statement runs under its single write lock, so the subquery and the update are one atomic
+    step there too. Either way a task is claimed exactly once. A claim is a lease: its holder renews
+    ``heartbeat_at`` every ``heartbeat_interval_s``, and a task whose heartbeat is older than ``stale_after_s``
+    (its worker died) is taken back by any other worker's sweep (:meth:`TaskStore.requeue_stale`) and runs again.
 
 Statuses: ``queued`` → ``processing`` → ``completed`` | ``failed`` | ``cancelled`` (``cancelled`` is the
 fifth value, answered by ``DELETE /api/v1/tasks/{id}``; the document lists the other four).
@@ -26,8 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,14 +55,18 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from emoserve.hallo2.defaults import HALLO2
+from frontend.hallo2 import migrations
+from frontend.hallo2.storage import LocalTaskFiles, TaskFiles, write_atomically  # noqa: F401  (write_atomically: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +74,6 @@ QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED = "queued", "processing", "comp
 STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 OUTPUT_NAME = "output.mp4"
-_PARTIAL_SUFFIX = ".part"
-_WRITE_BLOCK = 1 << 20
 
 T = TypeVar("T")
 
@@ -182,30 +190,6 @@ class RecoveryReport:
     partial_files_removed: int = 0
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """``data`` appears at ``path`` whole or not at all (temporary name in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{_PARTIAL_SUFFIX}")
-    try:
-        with open(partial_path, "wb") as handle:
-            view = memoryview(data)
-            handle.writelines(view[offset:offset + _WRITE_BLOCK] for offset in range(0, len(view), _WRITE_BLOCK))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial_path, path)
-    except BaseException:
-        partial_path.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError:
-        pass
-
-
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer (several workers/processes)
@@ -225,6 +209,8 @@ def make_engine(database_url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **extra)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")  # the driver installed with the front end (psycopg 3)
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -232,52 +218,69 @@ class TaskNotFound(LookupError):
     pass
 
 
+class TaskStoreUnavailable(RuntimeError):
+    """The task database does not answer (down, unreachable, out of connections). The message names no server,
+    no SQL: it may be answered to a client; the log has the driver's text."""
+
+
 class TaskStore:
     """Tasks, their logs and files. Every public method is async (the database work runs in a thread)."""
 
     def __init__(self, database_url: str, data_dir: str | Path, max_attempts: int = HALLO2.max_attempts,
-                 defaults: InferenceConfig | None = None):
+                 defaults: InferenceConfig | None = None, files: TaskFiles | None = None):
         self.database_url = database_url
+        self.files = files or LocalTaskFiles(data_dir)
         self.data_dir = Path(data_dir).expanduser().resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
         self.defaults = defaults or InferenceConfig()
         self.engine = make_engine(database_url)
-        Base.metadata.create_all(self.engine)
+        try:
+            migrations.upgrade(self.engine)
+        except (OperationalError, DBAPIError) as exc:
+            self.engine.dispose()
+            log.error("the hallo2 task database cannot be opened: %s", exc)
+            raise TaskStoreUnavailable("the task database does not answer") from None
 
     def close(self) -> None:
         self.engine.dispose()
 
     async def _run(self, function: Callable[..., T], *args, **kwargs) -> T:
-        return await anyio.to_thread.run_sync(partial(function, *args, **kwargs))
+        try:
+            return await anyio.to_thread.run_sync(partial(function, *args, **kwargs))
+        except OperationalError as exc:  # connection-level: the database is down or unreachable, not a bug here
+            log.warning("the hallo2 task database does not answer: %s", exc)
+            raise TaskStoreUnavailable("the task database does not answer") from None
 
     def task_dir(self, task_id: str) -> Path:
         return self.data_dir / str(uuid.UUID(task_id))  # a task id is a UUID: nothing else reaches the file system
+
+    def read_input(self, task: Task, which: str) -> bytes:
+        """The task's ``image`` or ``audio``, by its file name: a row written on another machine names the same file
+        under that machine's mount of the shared folder."""
+        return self.files.read(task.task_id, Path(task.image_path if which == "image" else task.audio_path).name)
 
     # -- creation and reads ---------------------------------------------------------------------------
 
     def _create(self, image: bytes, image_ext: str, audio: bytes, audio_ext: str, use_cache: bool,
                 guidance_scale: float, inference_steps: int, task_id: str | None) -> Task:
         task_id = task_id or str(uuid.uuid4())
-        folder = self.task_dir(task_id)
-        image_path, audio_path = folder / f"image.{image_ext}", folder / f"audio.{audio_ext}"
         try:  # inputs first: a queued row always has its files
-            write_atomically(image_path, image)
-            write_atomically(audio_path, audio)
+            image_path = self.files.write(task_id, f"image.{image_ext}", image)
+            audio_path = self.files.write(task_id, f"audio.{audio_ext}", audio)
             now = utcnow()
             row = TaskRow(
                 task_id=task_id, status=QUEUED, progress=0, status_message="Task queued", error=None, result=None,
                 logs=log_line(f"Task queued (image {len(image)} bytes, audio {len(audio)} bytes, use_cache={use_cache}, "
                               f"guidance_scale={guidance_scale}, inference_steps={inference_steps})"),
                 use_cache=use_cache, guidance_scale=guidance_scale, inference_steps=inference_steps,
-                image_path=str(image_path), audio_path=str(audio_path), created_at=now, updated_at=now, attempts=0,
+                image_path=image_path, audio_path=audio_path, created_at=now, updated_at=now, attempts=0,
             )
             with Session(self.engine) as session, session.begin():
                 session.add(row)
                 session.flush()
                 return Task.of(row)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            self.files.delete_task(task_id)
             raise
 
     async def create(self, image: bytes, image_ext: str, audio: bytes, audio_ext: str, *, use_cache: bool = True,
@@ -318,17 +321,20 @@ class TaskStore:
 
     # -- retention ------------------------------------------------------------------------------------------
 
-    def _expire(self, older_than_s: float, max_bytes: int | None) -> list[str]:
+    def _expire(self, older_than_s: float, max_bytes: int | None, orphan_after_s: float) -> list[str]:
         """Delete finished tasks (row and files): those finished more than ``older_than_s`` ago, then the oldest
-        finished ones while all task folders together exceed ``max_bytes``. Queued and running tasks are never touched."""
+        finished ones while all task folders together exceed ``max_bytes``. Queued and running tasks are never touched.
+        Files without a row, older than ``orphan_after_s`` (a process died between writing the inputs and the row),
+        go too."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)
         with Session(self.engine) as session:
             finished = session.execute(select(TaskRow.task_id, TaskRow.updated_at).where(TaskRow.status.in_(FINISHED))
                                        .order_by(TaskRow.updated_at, TaskRow.id)).all()
         expired = [task_id for task_id, updated_at in finished if updated_at < cutoff]
+        usage = self.files.usage()
+        self._remove_orphans(usage, orphan_after_s)
         if max_bytes is not None:
-            sizes = {folder.name: sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-                     for folder in self.data_dir.iterdir() if folder.is_dir()}
+            sizes = {task_id: folder.size_bytes for task_id, folder in usage.items()}
             total = sum(size for name, size in sizes.items() if name not in expired)
             for task_id, _ in finished:
                 if total <= max_bytes:
@@ -341,11 +347,22 @@ class TaskStore:
                 # guarded: a task re-queued in the meantime stays
                 session.execute(delete(TaskRow).where(TaskRow.task_id.in_(expired), TaskRow.status.in_(FINISHED)))
             for task_id in expired:
-                shutil.rmtree(self.task_dir(task_id), ignore_errors=True)
+                self.files.delete_task(task_id)
         return expired
 
-    async def expire(self, older_than_s: float, max_bytes: int | None = None) -> list[str]:
-        return await self._run(self._expire, older_than_s, max_bytes)
+    def _remove_orphans(self, usage: dict, orphan_after_s: float) -> None:
+        old = [task_id for task_id, folder in usage.items() if folder.modified_at < time.time() - orphan_after_s]
+        if not old:
+            return
+        with Session(self.engine) as session:
+            known = set(session.scalars(select(TaskRow.task_id).where(TaskRow.task_id.in_(old))))
+        for task_id in old:
+            if task_id not in known:
+                log.info("hallo2 retention: removing the files of task %s, which has no row", task_id)
+                self.files.delete_task(task_id)
+
+    async def expire(self, older_than_s: float, max_bytes: int | None = None, orphan_after_s: float = 3600.0) -> list[str]:
+        return await self._run(self._expire, older_than_s, max_bytes, orphan_after_s)
 
     # -- guarded state changes --------------------------------------------------------------------------
 
@@ -378,41 +395,36 @@ class TaskStore:
         return await self._run(self._update, task_id, self._owned(worker_id), values, message if (log and message) else None)
 
     def _claim_next(self, worker_id: str) -> Task | None:
-        for _ in range(100):  # another worker may win the race for a candidate: take the next one
-            with Session(self.engine) as session:
-                candidate = session.scalar(select(TaskRow.task_id).where(TaskRow.status == QUEUED)
-                                           .order_by(TaskRow.created_at, TaskRow.id).limit(1))
-            if candidate is None:
-                return None
-            now = utcnow()
-            with Session(self.engine) as session, session.begin():
-                won = session.execute(
-                    update(TaskRow).where(TaskRow.task_id == candidate, TaskRow.status == QUEUED).values(
-                        status=PROCESSING, claimed_by=worker_id, heartbeat_at=now, updated_at=now, progress=0,
-                        status_message="Processing started", attempts=TaskRow.attempts + 1,
-                        logs=func.coalesce(TaskRow.logs, "") + log_line(f"Processing started by worker {worker_id}"),
-                    )
-                ).rowcount == 1
-            if won:
-                return self._get(candidate)
-        return None
+        # one statement (see the module's docstring): FOR UPDATE SKIP LOCKED on PostgreSQL, the write lock on SQLite
+        # (whose dialect renders no FOR UPDATE); the outer status guard keeps it exact should either ever differ
+        oldest = (select(TaskRow.id).where(TaskRow.status == QUEUED).order_by(TaskRow.created_at, TaskRow.id).limit(1)
+                  .with_for_update(skip_locked=True).scalar_subquery())
+        now = utcnow()
+        with Session(self.engine) as session, session.begin():
+            claimed = session.execute(
+                update(TaskRow).where(TaskRow.id == oldest, TaskRow.status == QUEUED).values(
+                    status=PROCESSING, claimed_by=worker_id, heartbeat_at=now, updated_at=now, progress=0,
+                    status_message="Processing started", attempts=TaskRow.attempts + 1,
+                    logs=func.coalesce(TaskRow.logs, "") + log_line(f"Processing started by worker {worker_id}"),
+                ).returning(TaskRow.task_id)
+            ).scalar()
+        return self._get(claimed) if claimed is not None else None
 
     async def claim_next(self, worker_id: str) -> Task | None:
         """Atomically take the oldest queued task for ``worker_id`` (None when nothing is queued)."""
         return await self._run(self._claim_next, worker_id)
 
     def _complete(self, task_id: str, worker_id: str, video: bytes, result: dict) -> bool:
-        output = self.task_dir(task_id) / OUTPUT_NAME
-        write_atomically(output, video)
+        self.files.write(task_id, OUTPUT_NAME, video)
         # the path inside the task storage, not the server's folder (answers carry no server paths)
-        result = dict(result, video_path=str(output.relative_to(self.data_dir)), video_url=f"/api/v1/tasks/{task_id}/video",
+        result = dict(result, video_path=f"{uuid.UUID(task_id)}/{OUTPUT_NAME}", video_url=f"/api/v1/tasks/{task_id}/video",
                       size_bytes=len(video))
         done = self._update(task_id, self._owned(worker_id),
                             {"status": COMPLETED, "progress": 100, "status_message": "Task completed", "result": result,
                              "error": None, "claimed_by": None, "heartbeat_at": None},
                             f"Task completed: {len(video)} bytes of video")
         if not done:  # cancelled (or taken away) while the video was being written: nobody will serve it
-            output.unlink(missing_ok=True)
+            self.files.delete(task_id, OUTPUT_NAME)
         return done
 
     async def complete(self, task_id: str, worker_id: str, video: bytes, result: dict | None = None) -> bool:
@@ -489,7 +501,9 @@ class TaskStore:
                 continue
             if heartbeat_at is not None and heartbeat_at > deadline:
                 continue  # still alive (another worker or replica is on it)
-            guard = (TaskRow.status == PROCESSING, TaskRow.claimed_by == claimed_by)
+            # still silent when the update runs: a heartbeat between the read and here keeps the task its worker's
+            guard = (TaskRow.status == PROCESSING, TaskRow.claimed_by == claimed_by,
+                     or_(TaskRow.heartbeat_at.is_(None), TaskRow.heartbeat_at <= deadline))
             silent = "" if heartbeat_at is None else f" (no heartbeat since {iso_utc(heartbeat_at)})"
             if attempts >= self.max_attempts:
                 error = (f"the server processing this task stopped {attempts} times before it finished{silent}; "
@@ -509,20 +523,13 @@ class TaskStore:
         failed once they have been interrupted ``max_attempts`` times."""
         return await self._run(self._requeue_stale, stale_after_s, exclude_worker)
 
-    def _remove_partial_files(self) -> int:
-        removed = 0
-        for partial_file in self.data_dir.glob(f"*/*{_PARTIAL_SUFFIX}"):
-            partial_file.unlink(missing_ok=True)
-            removed += 1
-        return removed
-
     async def recover_on_startup(self, stale_after_s: float = 0.0, exclude_worker: str | None = None) -> RecoveryReport:
-        """Run when a front end starts: half-written files are removed, and tasks left 'processing' by a dead
+        """Run when a worker starts: half-written files are removed, and tasks left 'processing' by a dead
         process are re-queued (or failed after ``max_attempts``). ``stale_after_s = 0`` treats every
-        processing task as orphaned (one front end per database); with several replicas pass the heartbeat
-        timeout so that the live replicas' tasks are left alone."""
+        processing task and every partial file as orphaned (one worker per database); with several workers pass
+        the lease (the heartbeat timeout) so that the live ones' tasks, and the files being written now, are left alone."""
         report = await self.requeue_stale(stale_after_s, exclude_worker)
-        report.partial_files_removed = await self._run(self._remove_partial_files)
+        report.partial_files_removed = await self._run(self.files.remove_partial, stale_after_s)
         if report.requeued or report.failed or report.partial_files_removed:
             log.warning("hallo2 recovery: re-queued %s, failed %s, removed %d partial files",
                         report.requeued, report.failed, report.partial_files_removed)
@@ -542,6 +549,12 @@ class TaskStore:
         return await self._run(self._get_config)
 
     def _set_config(self, changes: dict) -> InferenceConfig:
+        try:
+            return self._set_config_once(changes)
+        except IntegrityError:  # another replica created the row at the same moment: it is there now, to be locked
+            return self._set_config_once(changes)
+
+    def _set_config_once(self, changes: dict) -> InferenceConfig:
         with Session(self.engine) as session, session.begin():
             row = session.get(ConfigRow, 1, with_for_update=True)
             current = dict(row.values) if row is not None else {}

@@ -1,4 +1,5 @@
-"""Hallo2 task store (SQLite in a temp folder) and task worker, with an INJECTED runner coroutine.
+"""Hallo2 task store (each test twice: SQLite in a temp folder, and a fresh database on a real PostgreSQL) and task
+worker, with an INJECTED runner coroutine.
 
 This tests the task manager — queueing, atomic claims, progress, cancellation, recovery, atomic result
 files, the concurrency limit — not Triton: the runner here is a plain async function.
@@ -16,7 +17,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from frontend.hallo2 import tasks as hallo2_tasks
+from frontend.hallo2 import storage as hallo2_storage
 from frontend.hallo2.tasks import (
     CANCELLED,
     COMPLETED,
@@ -38,8 +39,25 @@ VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"video" * 1000
 OUTPUT = Hallo2Video(VIDEO, {"frames": 30, "fps": 25, "width": 64, "height": 48, "steps": 40, "profile": "tiny"})
 
 
+_DATABASES: dict[Path, tuple[str, list[TaskStore]]] = {}
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """The test's database (one per test): every store :func:`make_store` opens for this test shares it."""
+    url = f"sqlite:///{tmp_path}/db/tasks.db" if request.param == "sqlite" else request.getfixturevalue("postgres").create_database()
+    stores: list[TaskStore] = []
+    _DATABASES[tmp_path] = (url, stores)
+    yield url
+    del _DATABASES[tmp_path]
+    for store in stores:
+        store.close()
+
+
 def make_store(tmp_path: Path, max_attempts: int = 3) -> TaskStore:
-    return TaskStore(f"sqlite:///{tmp_path}/db/tasks.db", tmp_path / "data", max_attempts=max_attempts)
+    url, stores = _DATABASES[tmp_path]
+    stores.append(TaskStore(url, tmp_path / "data", max_attempts=max_attempts))
+    return stores[-1]
 
 
 async def create(store: TaskStore, n: int = 1) -> list[str]:
@@ -211,7 +229,7 @@ def test_results_are_never_half_written(tmp_path, monkeypatch):
         # a crash in the middle of writing the result (after the bytes went to disk, before the rename)
         def crash(_fd):
             raise KeyboardInterrupt("power cut")
-        monkeypatch.setattr(hallo2_tasks.os, "fsync", crash)
+        monkeypatch.setattr(hallo2_storage.os, "fsync", crash)
         with pytest.raises(KeyboardInterrupt):
             await store.complete(task_id, "w", VIDEO)
         monkeypatch.undo()
