@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -128,6 +129,13 @@ def smollm2_gguf() -> tuple[Path, str]:
     if not (folder / SMOLLM2_GGUF).is_file():
         raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing")
     return folder, SMOLLM2_GGUF
+
+
+def smollm2_cache_dir() -> Path:
+    """Where the one fp32 conversion of SmolLM2 is kept between runs (``$EMOSERVE_CACHE_DIR``, else
+    ``~/.cache/emoserve``): the ~25 s de-quantisation then happens once per machine, not per test session."""
+    root = os.environ.get("EMOSERVE_CACHE_DIR") or Path.home() / ".cache" / "emoserve"
+    return Path(root) / "smollm2-135m-instruct-fp32"
 
 
 def load_smollm2_tokenizer():
