@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
@@ -70,7 +70,12 @@ class Hallo2Settings(BaseModel):
     max_attempts: int = Field(HALLO2.max_attempts, ge=1, description="a task interrupted by this many dead processes fails")
     heartbeat_interval_s: float = Field(HALLO2.heartbeat_interval_s, gt=0)
     stale_after_s: float = Field(HALLO2.stale_after_s, gt=0, description="a processing task without a heartbeat this long is re-queued")
-    recover_all_on_startup: bool = Field(True, description="one front end per database: every 'processing' task at startup is orphaned")
+    embedded_worker: bool = Field(True, description="run a task worker inside the front end; false: tasks run in separate "
+                                  "workers (python -m frontend.hallo2 worker) sharing the database and the task folder")
+    recover_all_on_startup: bool | None = Field(
+        None, description="every 'processing' task at startup is orphaned (only true for one worker per database); "
+        "unset: true for an SQLite database whose one worker is the front end's embedded one, else tasks come back when "
+        "their lease (stale_after_s) expires")
     poll_interval_s: float = Field(HALLO2.poll_interval_s, gt=0, description="how often a worker looks for tasks queued by other replicas")
     cancel_grace_s: float = Field(HALLO2.cancel_grace_s, ge=0, description="a cancelled runner is cancelled outright after this")
     task_timeout_s: float = Field(HALLO2.task_timeout_s, gt=0, description="one task's whole Triton call")
@@ -78,6 +83,26 @@ class Hallo2Settings(BaseModel):
     unavailable_retries: int = Field(HALLO2.unavailable_retries, ge=0, description="re-runs of a task that found Triton unavailable")
     retry_backoff_s: float = Field(HALLO2.retry_backoff_s, gt=0, description="first wait before such a re-run (doubles each time)")
     max_retry_backoff_s: float = Field(HALLO2.max_retry_backoff_s, gt=0)
+
+    @model_validator(mode="after")
+    def _one_worker_to_recover_all(self) -> Hallo2Settings:
+        if self.recover_all_on_startup and not self.single_worker:
+            # it would take running tasks away from the other workers, which then run twice
+            raise ValueError("recover_all_on_startup must not be true with several workers (a PostgreSQL database, or "
+                             "embedded_worker false): leave it unset, tasks of a dead worker come back after stale_after_s")
+        return self
+
+    @property
+    def single_worker(self) -> bool:
+        """One worker per database: the front end's embedded worker on an SQLite file (make run, docker compose)."""
+        return self.embedded_worker and self.database_url.startswith("sqlite")
+
+    def recovers_all(self, standalone: bool = False) -> bool:
+        """Whether a worker starting now may treat every 'processing' task as orphaned; a standalone worker never
+        does (others may run beside it)."""
+        if standalone:
+            return False
+        return self.single_worker if self.recover_all_on_startup is None else self.recover_all_on_startup
 
 
 class Settings(BaseSettings):

@@ -59,6 +59,7 @@ from frontend.hallo2.tasks import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    OUTPUT_NAME,
     PROCESSING,
     QUEUED,
     Task,
@@ -216,7 +217,7 @@ async def create_task(
     except Exception:  # the database or the task folder failed: the log has the details, the answer none of them
         log.exception("submitting a hallo2 task failed")
         raise ApiError(f"Failed to submit task (request id {request_id_var.get()})", error_code=Codes.SUBMIT_FAILED) from None
-    service.worker.wake()
+    service.wake()
     return TaskCreated(task_id=task.task_id)
 
 
@@ -273,8 +274,8 @@ async def get_video(task_id: str, service: ServiceDep) -> FileResponse:
     task = await existing_task(service, task_id)
     if task.status != COMPLETED:
         raise BadRequest(f"Task {task.task_id} is not completed (status: {task.status})", error_code=Codes.TASK_NOT_FINISHED)
-    path = service.store.task_dir(task.task_id) / "output.mp4"
-    if not path.is_file():
+    path = service.store.files.local_path(task.task_id, OUTPUT_NAME)
+    if path is None:
         raise NotFound(f"the video of task {task.task_id} does not exist", error_code=Codes.VIDEO_NOT_FOUND)
     return FileResponse(path, media_type="video/mp4", filename=f"{task.task_id}.mp4")
 
@@ -293,5 +294,5 @@ async def cancel_task(task_id: str, service: ServiceDep) -> TaskCancelled:
         raise NotFound(f"Task {task_id} not found", error_code=Codes.TASK_NOT_FOUND)
     if not cancelled:
         raise BadRequest(f"Task {task.task_id} is already {task.status} and cannot be cancelled", error_code=Codes.TASK_NOT_CANCELLABLE)
-    service.worker.notify_cancelled(task.task_id)  # stops it now if it runs in this process; other replicas see the row
+    service.notify_cancelled(task.task_id)
     return TaskCancelled(task_id=task.task_id)

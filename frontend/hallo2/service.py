@@ -1,9 +1,11 @@
-"""The Hallo2 task service: the task store (database + files) and the task worker, over a :class:`Hallo2Engine`.
+"""The Hallo2 task service: the task store (database + files) and, where this process runs one, the task worker,
+over a :class:`Hallo2Engine`.
 
 The app's one lifespan (``frontend/main.py``) builds it after the Triton client, :meth:`Hallo2Service.start`\\ s
-it (open the database and create tables, :meth:`TaskStore.recover_on_startup`, start the :class:`TaskWorker`)
-and puts it in ``app.state.hallo2`` for the routes; at shutdown :meth:`Hallo2Service.stop` runs first (the
-worker puts its running tasks back in the queue), before the Triton client closes.
+it (open the database and migrate it, :meth:`TaskStore.recover_on_startup`, start the :class:`TaskWorker` unless
+``embedded_worker`` is false) and puts it in ``app.state.hallo2`` for the routes; at shutdown
+:meth:`Hallo2Service.stop` runs first (the worker puts its running tasks back in the queue), before the Triton
+client closes. ``python -m frontend.hallo2 worker`` runs the same service with a worker and no routes.
 """
 
 from __future__ import annotations
@@ -35,20 +37,37 @@ class Hallo2Service:
         self._retention: asyncio.Task | None = None
         self.started_at = time.monotonic()
 
-    async def start(self) -> None:
+    async def start(self, *, standalone: bool = False) -> None:
+        """Open the store; run a worker when this is the worker process (``standalone``) or the front end embeds one."""
         settings = self.settings
         defaults = InferenceConfig(settings.guidance_scale, settings.inference_steps, settings.enable_cache)
         store = await anyio.to_thread.run_sync(
             lambda: TaskStore(settings.database_url, settings.data_dir, settings.max_attempts, defaults))
-        await store.recover_on_startup(0.0 if settings.recover_all_on_startup else settings.stale_after_s)
+        self.store = store
+        if standalone or settings.embedded_worker:
+            self.worker = await self._start_worker(store, standalone)
+        self.started_at = time.monotonic()
+        self._retention = asyncio.create_task(self._expire_forever(), name="hallo2-retention")
+
+    async def _start_worker(self, store: TaskStore, standalone: bool) -> TaskWorker:
+        settings = self.settings
+        await store.recover_on_startup(0.0 if settings.recovers_all(standalone) else settings.stale_after_s)
         worker = TaskWorker(store, self.engine.run, settings.max_concurrent_tasks, poll_interval_s=settings.poll_interval_s,
                             heartbeat_interval_s=settings.heartbeat_interval_s, stale_after_s=settings.stale_after_s,
                             cancel_grace_s=settings.cancel_grace_s, progress_interval_s=settings.progress_interval_s,
                             retry=RetryPolicy(settings.unavailable_retries, settings.retry_backoff_s, settings.max_retry_backoff_s))
         await worker.start()
-        self.store, self.worker = store, worker
-        self.started_at = time.monotonic()
-        self._retention = asyncio.create_task(self._expire_forever(), name="hallo2-retention")
+        return worker
+
+    def wake(self) -> None:
+        """A task was queued: the embedded worker looks now (separate workers find it at their next poll)."""
+        if self.worker is not None:
+            self.worker.wake()
+
+    def notify_cancelled(self, task_id: str) -> None:
+        """Stop the task now if it runs in this process; a worker elsewhere sees the row at its next heartbeat."""
+        if self.worker is not None:
+            self.worker.notify_cancelled(task_id)
 
     async def _expire_forever(self) -> None:
         settings = self.settings

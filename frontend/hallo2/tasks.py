@@ -65,6 +65,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from emoserve.hallo2.defaults import HALLO2
+from frontend.errors import ServiceUnavailable
 from frontend.hallo2 import migrations
 from frontend.hallo2.storage import LocalTaskFiles, TaskFiles, write_atomically  # noqa: F401  (write_atomically: re-exported)
 
@@ -218,9 +219,11 @@ class TaskNotFound(LookupError):
     pass
 
 
-class TaskStoreUnavailable(RuntimeError):
-    """The task database does not answer (down, unreachable, out of connections). The message names no server,
-    no SQL: it may be answered to a client; the log has the driver's text."""
+class TaskStoreUnavailable(ServiceUnavailable):
+    """The task database does not answer (down, unreachable, out of connections): a 503 with Retry-After in the
+    route's format. The message names no server and no SQL; the log has the driver's text."""
+
+    default_error_code = "TASK_STORE_UNAVAILABLE"
 
 
 class TaskStore:

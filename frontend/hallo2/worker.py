@@ -36,13 +36,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 
 from emoserve.hallo2.defaults import HALLO2
 from frontend.errors import ServiceUnavailable
-from frontend.hallo2.tasks import Task, TaskStore
+from frontend.hallo2.tasks import Task, TaskStore, TaskStoreUnavailable
 from frontend.observability import HALLO2_OUTCOMES
 
 log = logging.getLogger(__name__)
@@ -142,6 +141,7 @@ class TaskWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task] = []
+        self.loop_at = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -190,8 +190,13 @@ class TaskWorker:
 
     # -- loops -------------------------------------------------------------------------------------
 
+    def alive(self, within_s: float) -> bool:
+        """The claim loop went round within ``within_s`` (a liveness probe: a wedged worker is restarted)."""
+        return bool(self._loops) and not any(loop.done() for loop in self._loops) and time.monotonic() - self.loop_at < within_s
+
     async def _claim_loop(self) -> None:
         while not self._stopping:
+            self.loop_at = time.monotonic()
             claimed = False
             if len(self.running) < self.max_concurrent_tasks:
                 try:
@@ -240,7 +245,7 @@ class TaskWorker:
     async def _run_task(self, entry: _Running) -> None:
         task, store = entry.task, self.store
         try:
-            image, audio = await anyio.to_thread.run_sync(lambda: (Path(task.image_path).read_bytes(), Path(task.audio_path).read_bytes()))
+            image, audio = await anyio.to_thread.run_sync(lambda: (store.read_input(task, "image"), store.read_input(task, "audio")))
         except OSError as exc:
             log.error("hallo2 task %s: its input files cannot be read: %s", task.task_id, exc)
             await self._fail(task, "the task's input files cannot be read")
@@ -262,8 +267,11 @@ class TaskWorker:
             if shape == last_shape and advancing and time.monotonic() - last_write < self.progress_interval_s:
                 return
             last_write, last_shape, last_percent = time.monotonic(), shape, percent
-            if not await store.update_progress(task.task_id, self.worker_id, percent, message):
-                entry.cancel.set()  # no longer ours: cancelled (or re-queued) in the database
+            try:
+                if not await store.update_progress(task.task_id, self.worker_id, percent, message):
+                    entry.cancel.set()  # no longer ours: cancelled (or re-queued) in the database
+            except TaskStoreUnavailable:  # progress is a courtesy; the lease decides whether the task stays ours
+                pass
 
         started = time.perf_counter()
         runner_job = asyncio.create_task(self._run_with_retries(inputs, progress, entry.cancel))
