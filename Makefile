@@ -5,9 +5,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run repo test unit bench clean
+.PHONY: setup postgresql run repo test unit bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) postgresql
+
+# the Hallo2 task store's PostgreSQL tests start a throwaway cluster from the distribution's binaries; nothing to do
+# when a PostgreSQL is installed
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && \
+		$$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
