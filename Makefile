@@ -5,9 +5,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup postgresql run repo test unit bench clean
+.PHONY: setup postgresql chromium run repo test unit bench clean
 
-setup: $(STAMP) postgresql
+setup: $(STAMP) chromium postgresql
+
+# the browser tests' Chromium comes from the distribution (Playwright's own browser download is not reachable here);
+# nothing to do when one is on PATH
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 # the Hallo2 task store's PostgreSQL tests start a throwaway cluster from the distribution's binaries; nothing to do
 # when a PostgreSQL is installed
@@ -32,7 +39,7 @@ repo: $(STAMP)
 run: $(STAMP)
 	$(PY) -m stack --host 127.0.0.1 --port 8080
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -ra tests
 
 unit: $(STAMP)

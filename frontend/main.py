@@ -27,6 +27,7 @@ from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
 from frontend.limits import BodyLimit, ConcurrencyLimit, OriginCheck, RateLimit, route_body_limits
 from frontend.observability import install_request_tracking
 from frontend.triton import TritonEngine
+from frontend.ui.router import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def create_app(
     _document_400_not_422(app)
     install_request_tracking(app)  # outermost: counts and tags every answer
     app.include_router(ops.router)
+    install_ui(app)
     slice_routers = [router for model in (lam_a2e, emotion_llama, hallo2) for router in (model.public, model.protected)]
     for router in slice_routers:
         app.include_router(router)
