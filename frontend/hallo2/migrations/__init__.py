@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,11 @@ HERE = Path(__file__).resolve().parent
 VERSION_TABLE = "hallo2_alembic_version"  # the database may be shared with other applications' own alembic_version
 BEFORE_MIGRATIONS = "0001"
 _ADVISORY_LOCK_KEY = 0x4A11_0002  # any constant of our own: pg_advisory_xact_lock takes a bigint
+
+# every store checks the revision when it opens: at INFO alembic would log a dozen lines each time; a migration that
+# really runs is logged by upgrade() below
+logging.getLogger("alembic").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 
 def _config(connection: Connection) -> Config:
@@ -69,6 +75,10 @@ def upgrade(engine: Engine) -> str:
         tables = set(inspect(connection).get_table_names())
         config = _config(connection)
         if "hallo2_tasks" in tables and VERSION_TABLE not in tables:
+            log.info("hallo2 task database from before migrations: stamped at revision %s", BEFORE_MIGRATIONS)
             command.stamp(config, BEFORE_MIGRATIONS)
+        before = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
         command.upgrade(config, "head")
+    if before != head():
+        log.info("hallo2 task database migrated from revision %s to %s", before, head())
     return head()
