@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "EMOSERVE_"
+MEDIA_ROOTS_ENV = f"{ENV_PREFIX}EMOTION_LLAMA__MEDIA_ROOTS"
 
 
 class LamA2ESettings(BaseModel):
@@ -47,6 +48,12 @@ class EmotionLlamaSettings(BaseModel):
     max_video_bytes: int = Field(EMOTION_LLAMA.max_video_bytes, gt=0, description="video file / upload limit (413 above)")
     max_prompt_chars: int = Field(EMOTION_LLAMA.max_prompt_chars, gt=0)
     generation_timeout_s: float = Field(EMOTION_LLAMA.generation_timeout_s, gt=0, description="a whole Emotion-LLaMA answer")
+
+    @field_validator("media_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        # a relative root means the folder where the stack was started, not wherever a later lookup runs
+        return [Path(os.path.abspath(root.expanduser())) for root in roots]
 
 
 class Hallo2Settings(BaseModel):
@@ -105,6 +112,15 @@ class Hallo2Settings(BaseModel):
         return self.single_worker if self.recover_all_on_startup is None else self.recover_all_on_startup
 
 
+DocumentedServer = Literal["lam_a2e", "hallo2", "emotion_llama_gradio", "emotion_llama_fastapi"]
+DOCUMENTED_PORT_NUMBERS: dict[str, int] = {
+    "lam_a2e": LAM_A2E.documented_port,
+    "hallo2": HALLO2.documented_port,
+    "emotion_llama_gradio": EMOTION_LLAMA.gradio_port,
+    "emotion_llama_fastapi": EMOTION_LLAMA.fastapi_port,
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
@@ -119,6 +135,11 @@ class Settings(BaseSettings):
                             "(429 with Retry-After beyond; health, metrics and docs are not counted)")
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API (JSON list); "
                                     "a state-changing request from any other origin is refused with 403")
+    documented_ports: bool = Field(False, description="also serve each API on the port its document names, that API only "
+                                   "(LAM-A2E 8000, Hallo2 8001, Emotion-LLaMA Gradio 7889 and FastAPI 7887); see README")
+    documented_port_numbers: dict[DocumentedServer, int] = Field(
+        default_factory=lambda: dict(DOCUMENTED_PORT_NUMBERS),
+        description="the port of each documented server in that mode (the documents' own by default)")
     log_level: str = "info"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line, with the request id")
     lam_a2e: LamA2ESettings = Field(default_factory=LamA2ESettings)

@@ -40,13 +40,6 @@ class Unauthorized(ApiError):
     default_error_code = "UNAUTHORIZED"
 
 
-class Forbidden(ApiError):
-    """A valid request for something this server does not give out (a path outside its media roots)."""
-
-    status_code = 403
-    default_error_code = "FORBIDDEN"
-
-
 class NotFound(ApiError):
     status_code = 404
     default_error_code = "NOT_FOUND"
@@ -108,7 +101,7 @@ class CodeError(BaseModel):
 
 
 _DESCRIPTIONS = {400: "bad input: the message names the problem", 401: "missing or invalid API key",
-                 403: "not allowed: a path outside the media roots, a browser page of another origin",
+                 403: "a state-changing request from a browser page of an origin not allowed (cors_origins)",
                  404: "unknown resource (session, task, file)", 413: "body over the route's limit",
                  429: "this client's share is used up; see Retry-After", 500: "inference or server failure",
                  503: "a model or Triton is unavailable, or a queue is full; see Retry-After"}
@@ -139,6 +132,11 @@ def _api_route(request: Request):
 
 def error_body(request: Request, status_code: int, message: str, details: str | None = None, error_code: str | None = None) -> dict:
     route = _api_route(request)
+    return error_body_for_route(route, status_code, message, details, error_code)
+
+
+def error_body_for_route(route, status_code: int, message: str, details: str | None = None, error_code: str | None = None) -> dict:
+    """The error body of the API ``route`` belongs to (LAM-A2E's ``{"detail"}`` for None)."""
     tags = (getattr(route, "tags", None) or []) if route is not None else []
     if ERROR_FIELD_TAG in tags:
         return {"error": message, "code": status_code, "details": details}

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 
 from frontend import ops
 from frontend.config import Settings
+from frontend.documented_ports import DocumentedPorts
 from frontend.emotion_llama import router as emotion_llama
 from frontend.emotion_llama.engine import EmotionLlamaEngine, TritonEmotionLlamaEngine
 from frontend.errors import install_error_handlers
@@ -26,32 +26,11 @@ from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
 from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
 from frontend.limits import BodyLimit, ConcurrencyLimit, OriginCheck, RateLimit, route_body_limits
 from frontend.observability import install_request_tracking
+from frontend.openapi import install_openapi
 from frontend.triton import TritonEngine
 from frontend.ui.router import install_ui
 
 log = logging.getLogger(__name__)
-
-def _document_400_not_422(app: FastAPI) -> None:
-    """The APIs answer invalid parameters with 400 in their own body (``frontend/errors.py``), never FastAPI's 422,
-    and refuse empty uploads: the schema says so."""
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
-                    operation.get("responses", {}).pop("422", None)
-            for component in schema.get("components", {}).get("schemas", {}).values():
-                for field in component.get("properties", {}).values():
-                    # an upload field: an empty file is refused (400)
-                    if field.get("format") == "binary" or field.get("contentMediaType") == "application/octet-stream":
-                        field["minLength"] = 1
-            for unused in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(unused, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi
 
 
 def create_app(
@@ -114,7 +93,9 @@ def create_app(
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["X-Request-ID", "Retry-After"])
-    _document_400_not_422(app)
+    if settings.documented_ports:
+        app.add_middleware(DocumentedPorts, settings=settings)
+    install_openapi(app)
     install_request_tracking(app)  # outermost: counts and tags every answer
     app.include_router(ops.router)
     install_ui(app)

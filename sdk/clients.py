@@ -1,11 +1,14 @@
 """Python SDK for the REST front end (the shape the Emotion-LLaMA API overview sketches).
 
-    from sdk import EmotionLLaMA
-    client = EmotionLLaMA("http://127.0.0.1:8080")
-    result = client.analyze("/abs/path/video.mp4", task="emotion")
+    from emotion_llama import EmotionLLaMA          # or: from sdk import EmotionLLaMA
+    client = EmotionLLaMA(api_url="http://127.0.0.1:7889")
+    result = client.analyze("video.mp4", task="emotion")
     print(result.emotion, result.confidence, result.explanation)
 
-Server-side paths must lie inside the server's media roots; ``analyze_file`` uploads a local file instead.
+``analyze`` posts to the Gradio-shaped ``/api/predict/``, so it works against the document's URL (:7889 in
+documented-ports mode) and the front end's main port alike; ``analyze_file`` (an upload) and ``stream`` (SSE) use
+the FastAPI-shaped routes (:7887, or the main port). Server-side paths must lie inside the server's media roots
+(a relative path is relative to the first of them); ``analyze_file`` uploads a local file instead.
 """
 
 from __future__ import annotations
@@ -74,21 +77,33 @@ class EmotionLLaMA(_RestClient):
         super().__init__(api_url, api_key, timeout_s, client)
 
     @staticmethod
-    def _result(response: httpx.Response) -> AnalysisResult:
-        body = response.json()
+    def _body(response: httpx.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
         if response.status_code != 200:
             raise EmotionLLaMAError(response.status_code, body.get("error") or body.get("detail") or response.text, body.get("details"))
-        emotion = body.get("emotion")
+        return body
+
+    @staticmethod
+    def _analysis(text: str, emotion: str | None, confidence, label_probs, duration: float, metadata: dict) -> AnalysisResult:
         if emotion is not None and emotion not in EMOTION_LABELS:
             raise EmotionLLaMAError(500, f"server returned an unknown label {emotion!r}")
-        return AnalysisResult(
-            body["response"], emotion, body.get("confidence"), body.get("label_probs"), body.get("duration", 0.0), body.get("metadata", {})
-        )
+        return AnalysisResult(text, emotion, confidence, label_probs, duration, metadata)
+
+    @classmethod
+    def _result(cls, response: httpx.Response) -> AnalysisResult:
+        body = cls._body(response)
+        return cls._analysis(body["response"], body.get("emotion"), body.get("confidence"), body.get("label_probs"),
+                             body.get("duration", 0.0), body.get("metadata", {}))
 
     def analyze(self, video_path: str | Path, task: str = "emotion", sentence: str | None = None, **sampling) -> AnalysisResult:
         """Ask about a video the SERVER can read (inside its media roots)."""
-        body = {"video_path": str(video_path), "question": question_for(task, sentence), **sampling}
-        return self._result(self._client.post("/process_video", json=body))
+        body = self._body(self._client.post("/api/predict/", json={"data": [str(video_path), question_for(task, sentence)], **sampling}))
+        metadata = dict(body.get("metadata", {}))
+        emotion, confidence, label_probs = (metadata.pop(key, None) for key in ("emotion", "confidence", "label_probs"))
+        return self._analysis(body["data"][0], emotion, confidence, label_probs, body.get("duration", 0.0), metadata)
 
     def analyze_file(self, video_path: str | Path, task: str = "emotion", sentence: str | None = None) -> AnalysisResult:
         """Upload a local video and ask about it."""
@@ -107,7 +122,7 @@ class EmotionLLaMA(_RestClient):
         with self._client.stream("POST", "/process_video/stream", json=body) as response:
             if response.status_code != 200:
                 response.read()
-                self._result(response)
+                self._body(response)
             event = None
             for line in response.iter_lines():
                 if line.startswith("event: "):

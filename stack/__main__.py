@@ -14,8 +14,16 @@ import signal
 import sys
 from pathlib import Path
 
+from frontend.serving import PortInUse, add_serving_arguments, apply_serving_arguments, bind_sockets, serve
 from stack.supervision import TritonSupervisor
-from stack.triton_server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, TritonServer, TritonServerOptions
+from stack.triton_server import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    MOVED_PORTS,
+    TritonServer,
+    TritonServerOptions,
+)
 
 log = logging.getLogger("stack")
 
@@ -24,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.build_repository import SOURCE_REPOSITORY, BuildSettings, build_repository, repository_is_built
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1", help="REST bind address")
+    parser.add_argument("--host", default="127.0.0.1", help="REST bind address (0.0.0.0: every interface, for other machines)")
     parser.add_argument("--port", type=int, default=8080, help="REST port")
     parser.add_argument("--config-file", type=Path, default=None,
                         help="settings file (.env syntax: EMOSERVE_API_KEY, EMOSERVE_HALLO2__DATABASE_URL ...)")
@@ -34,20 +42,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, default=SOURCE_REPOSITORY)
     parser.add_argument("--profile", choices=("full", "tiny"), default="full")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the model repository even if present")
-    parser.add_argument("--triton-http-port", type=int, default=DEFAULT_HTTP_PORT)
-    parser.add_argument("--triton-grpc-port", type=int, default=DEFAULT_GRPC_PORT)
-    parser.add_argument("--triton-metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    parser.add_argument("--triton-http-port", type=int, default=None,
+                        help=f"default {DEFAULT_HTTP_PORT}; {MOVED_PORTS[0]} with --documented-ports")
+    parser.add_argument("--triton-grpc-port", type=int, default=None,
+                        help=f"default {DEFAULT_GRPC_PORT}; {MOVED_PORTS[1]} with --documented-ports")
+    parser.add_argument("--triton-metrics-port", type=int, default=None,
+                        help=f"default {DEFAULT_METRICS_PORT}; {MOVED_PORTS[2]} with --documented-ports")
+    add_serving_arguments(parser)
     args = parser.parse_args(argv)
 
-    import uvicorn
     from prometheus_client import REGISTRY
 
     from frontend.config import load_settings
     from frontend.main import create_app
     from frontend.observability import configure_logging
 
-    settings = load_settings(args.config_file, log_level=args.log_level)
+    settings = apply_serving_arguments(load_settings(args.config_file, log_level=args.log_level), args)
     configure_logging(settings.log_level, settings.log_format)
+    triton_ports = triton_port_choice(settings.documented_ports, args.triton_http_port, args.triton_grpc_port,
+                                      args.triton_metrics_port)
+    try:
+        listeners = bind_sockets(settings, args.host, args.port)  # before Triton: a port in use fails at once
+    except PortInUse as exc:
+        parser.exit(2, f"error: {exc}\n")
+    taken = {listener.port for listener in listeners} & set(triton_ports) if args.triton_url is None else set()
+    if taken:
+        parser.exit(2, f"error: Triton's port {min(taken)} is also a REST port; pick others with --triton-*-port\n")
 
     server = supervisor = None
     if args.triton_url is None:
@@ -55,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("building the model repository (profile %s) ...", args.profile)
             build_repository(args.model_repository, BuildSettings(profile=args.profile, checkpoint=args.weight))
         log_path = Path("logs") / "tritonserver.log"
-        server = TritonServer(TritonServerOptions(args.model_repository, args.triton_http_port, args.triton_grpc_port,
-                                                  args.triton_metrics_port, log_path=log_path))
+        server = TritonServer(TritonServerOptions(args.model_repository, *triton_ports, log_path=log_path))
         server.start()
         supervisor = TritonSupervisor(server).start()
         REGISTRY.register(supervisor)
@@ -67,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         triton_url = args.triton_url
     try:
         settings = settings.model_copy(update={"triton_grpc_url": triton_url})
-        print(f"REST API   http://{args.host}:{args.port}  (docs: /docs, /redoc)", flush=True)
+        for listener in listeners:
+            print(f"REST API   {listener.url}  {listener.label}  (docs: /docs, /redoc)", flush=True)
         if server is not None:
             print(f"Triton     http://{server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}", flush=True)
             print(f"Triton log {server.log_path}", flush=True)
@@ -76,14 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda signum, _frame: log.info("%s handled: stopping Triton", signal.Signals(signum).name))
         # SIGTERM: uvicorn stops accepting, lets requests finish within the grace, then the app's lifespan ends the
         # streaming sessions and re-queues running Hallo2 tasks; Triton is stopped after that (below)
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, log_config=None,
-                    timeout_graceful_shutdown=settings.shutdown_grace_s)
+        serve(create_app(settings), settings, listeners)
     finally:
         if supervisor is not None:
             supervisor.stop(stop_server=True)
         if server is not None:
             server.stop()
     return 0
+
+
+def triton_port_choice(documented_ports: bool, http: int | None, grpc: int | None, metrics: int | None) -> tuple[int, int, int]:
+    """Triton's HTTP, gRPC and metrics ports: the given ones, else Triton's defaults, else (the documents' servers
+    taking 8000 and 8001) :data:`MOVED_PORTS`."""
+    defaults = MOVED_PORTS if documented_ports else (DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT)
+    return tuple(given if given is not None else default for given, default in zip((http, grpc, metrics), defaults, strict=True))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
+# documented-ports mode: the LAM-A2E and Hallo2 documents' servers take 8000 and 8001, so Triton moves here
+MOVED_PORTS = (8100, 8101, 8102)
 
 
 class TritonLaunchError(RuntimeError):

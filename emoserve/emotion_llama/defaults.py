@@ -14,6 +14,8 @@ _MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class EmotionLlamaDefaults:
+    gradio_port: int = 7889  # the Emotion-LLaMA document's two servers (documented-ports mode)
+    fastapi_port: int = 7887
     temperature: float = 0.2
     top_p: float = 0.9
     repetition_penalty: float = 1.05

@@ -13,6 +13,7 @@ _MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Hallo2Defaults:
+    documented_port: int = 8001  # the Hallo2 document's server (documented-ports mode)
     guidance_scale: float = 3.5
     min_guidance_scale: float = 1.0  # the range POST /api/v1/inference/hallo2/config accepts
     max_guidance_scale: float = 20.0

@@ -10,6 +10,7 @@ _MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class LamA2EDefaults:
+    documented_port: int = 8000  # the LAM-A2E document's server (documented-ports mode)
     max_audio_seconds: float = 600.0  # a whole-file request (front end and the lam_a2e_offline model)
     # the shortest whole-file audio: one receptive field of wav2vec2's conv feature extractor (25 ms at 16 kHz);
     # shorter, the network has no frame to compute (streaming chunks are padded by their session's context)

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.prompts import validate_question
 from emoserve.media import VideoDecodeError, probe_video
-from frontend.config import Settings
+from frontend.config import MEDIA_ROOTS_ENV, Settings
 from frontend.deps import SettingsDep, read_upload, require_api_key
 from frontend.emotion_llama.engine import EmotionLlamaEngine, EngineDep, GenerationEvent
 from frontend.emotion_llama.schemas import SEED_LIMIT, PredictRequest, PredictResponse, Sampling, VideoAnswer, VideoQuestion
@@ -30,7 +30,6 @@ from frontend.errors import (
     ApiError,
     BadRequest,
     FieldsError,
-    Forbidden,
     NotFound,
     PayloadTooLarge,
     documented_errors,
@@ -53,20 +52,23 @@ _MAX_NAME_BYTES = 255
 def resolve_media_path(raw: str, roots: list[Path]) -> Path:
     """The real path of a server-side video, refused unless it is a regular file inside a media root.
 
-    Answers name the client's own path, never the server's roots or what the path resolved to."""
+    A relative path is relative to the first media root (as the documents' ``video1.mp4`` examples expect), not to
+    the server's working directory. Answers name the client's own path, never the server's roots or what the path
+    resolved to; outside the roots is a 400 (the documents list no 403) that says how the operator opens a folder."""
     if not raw:
         raise BadRequest("video_path is empty")
     if "\x00" in raw or len(raw) > _MAX_PATH_CHARS or any(len(part.encode()) > _MAX_NAME_BYTES for part in raw.split("/")):
         raise BadRequest("video_path is not a valid path (a NUL byte, or a name or path longer than the file system allows)")
     candidate = Path(raw)
-    if not candidate.is_absolute():
-        candidate = Path.cwd() / candidate
+    if not candidate.is_absolute() and roots:
+        candidate = roots[0] / candidate
     real = Path(os.path.realpath(candidate))  # resolves "..", and symlinks, before the root check
     allowed = [Path(os.path.realpath(root)) for root in roots]
     if not any(real == root or root in real.parents for root in allowed):
-        raise Forbidden("video_path is outside the configured media roots",
-                         details=f"{raw}: the server reads videos only inside its media roots "
-                                 "(its operator can add a folder with EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS)")
+        raise BadRequest("video_path is outside the configured media roots",
+                         details=f"{raw}: the server reads videos only inside its media roots; relative paths are "
+                                 f"relative to the first one. To allow a folder, start the stack with --media-root DIR "
+                                 f"(repeatable) or set {MEDIA_ROOTS_ENV} (a JSON list)")
     try:
         if not real.exists():
             raise NotFound("Video file not found", details=f"{raw} does not exist")
@@ -129,7 +131,7 @@ async def predict(body: PredictRequest, engine: EngineDep, settings: SettingsDep
     video = await read_media(video_path, settings)
     event = await answer(engine, video, question, body, settings)
     result = video_answer(event, time.perf_counter() - started)
-    metadata = dict(result.metadata, emotion=result.emotion, confidence=result.confidence)
+    metadata = dict(result.metadata, emotion=result.emotion, confidence=result.confidence, label_probs=result.label_probs)
     return PredictResponse(data=[result.response], duration=round(result.duration, 4), metadata=metadata)
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
+from emoserve.audio import (
+    DOCUMENTED_PCM,
+    MAX_CHANNELS,
+    MAX_SOURCE_RATE,
+    MIN_SOURCE_RATE,
+    RAW_ENCODINGS,
+    AudioDecodeError,
+    AudioTooLong,
+    RawPcm,
+    container_format,
+    decode_audio,
+)
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
 from emoserve.lam_a2e.defaults import LAM_A2E
 from frontend.deps import SettingsDep, client_key, engine_from_state, read_upload, require_api_key
@@ -50,14 +61,42 @@ def frames_payload(frames: np.ndarray) -> list[Frame]:
     return [Frame(weights=row.tolist(), time=i / FPS, rotation=[]) for i, row in enumerate(np.asarray(frames, dtype=np.float64))]
 
 
-async def decode_upload(data: bytes, vocals_only: bool, max_seconds: float, what: str) -> np.ndarray:
+class RawPcmFields:
+    """The optional form fields that describe a headerless upload (none given: the document's s16le 16 kHz mono)."""
+
+    def __init__(
+        self,
+        sample_rate: Annotated[int | None, Form(ge=MIN_SOURCE_RATE, le=MAX_SOURCE_RATE,
+                                                description=f"raw PCM only: samples per second (default {SAMPLE_RATE})")] = None,
+        encoding: Annotated[Literal[tuple(RAW_ENCODINGS)] | None, Form(
+            description=f"raw PCM only: sample format (default {DOCUMENTED_PCM.encoding})")] = None,
+        channels: Annotated[int | None, Form(ge=1, le=MAX_CHANNELS, description="raw PCM only: interleaved channels (default 1)")] = None,
+    ):
+        self.given = [name for name, value in (("sample_rate", sample_rate), ("encoding", encoding), ("channels", channels))
+                      if value is not None]
+        self.pcm = RawPcm(encoding or DOCUMENTED_PCM.encoding, sample_rate or DOCUMENTED_PCM.sample_rate,
+                          channels or DOCUMENTED_PCM.channels)
+
+
+RawPcmDep = Annotated[RawPcmFields, Depends()]
+
+HEADERLESS_RULE = (f"bytes in no known container (WAV, FLAC, OGG, MP3, M4A ...) are read as raw PCM, "
+                   f"{DOCUMENTED_PCM.describe()} unless sample_rate/encoding/channels say otherwise")
+
+
+async def decode_upload(data: bytes, vocals_only: bool, max_seconds: float, what: str, raw: RawPcmFields) -> np.ndarray:
     """Decoded 16 kHz mono; the length limit is checked from the header and while decoding, never after."""
+    container = container_format(data)
+    if container is not None and raw.given:
+        raise BadRequest(f"{what} is a {container} file: {', '.join(raw.given)} describe raw PCM only; "
+                         f"drop them or send the bare samples")
     try:
-        audio = await anyio.to_thread.run_sync(decode_audio, data, SAMPLE_RATE, vocals_only, max_seconds)
+        audio = await anyio.to_thread.run_sync(lambda: decode_audio(data, SAMPLE_RATE, vocals_only, max_seconds, headerless=raw.pcm))
     except AudioTooLong:
         raise BadRequest(f"{what} is longer than the {max_seconds:g} s limit") from None
     except AudioDecodeError as exc:
-        raise BadRequest(f"{what} is not valid audio: {exc}") from None
+        rule = "" if container is not None else f" ({HEADERLESS_RULE})"
+        raise BadRequest(f"{what} is not valid audio: {exc}{rule}") from None
     if audio.size > max_seconds * SAMPLE_RATE:  # resampling rounds: the limit holds for what the model gets
         raise BadRequest(f"{what} is longer than the {max_seconds:g} s limit")
     return audio
@@ -93,14 +132,16 @@ async def health(engine: EngineDep, sessions: SessionsDep) -> Health:
 async def infer(
     engine: EngineDep,
     settings: SettingsDep,
-    audio_file: Annotated[UploadFile, File(description="audio file: WAV, MP3, OGG, FLAC, M4A; any rate and channels")],
+    raw: RawPcmDep,
+    audio_file: Annotated[UploadFile, File(description="audio file: WAV, MP3, OGG, FLAC, M4A (any rate and channels), "
+                                                       "or raw PCM samples (see sample_rate/encoding/channels)")],
     id_idx: IdIdx = 0,
     ex_vol: Annotated[bool, Form(description="extract the vocal track first (DSP, see README)")] = False,
     movement_smooth: Annotated[bool, Form(description="damp mouth movement during silence")] = False,
     brow_movement: Annotated[bool, Form(description="add brow movement on loud passages")] = False,
 ) -> InferResponse:
     data = await read_upload(audio_file, settings.lam_a2e.max_upload_bytes, "audio_file")
-    audio = await decode_upload(data, ex_vol, settings.lam_a2e.max_audio_seconds, "audio_file")
+    audio = await decode_upload(data, ex_vol, settings.lam_a2e.max_audio_seconds, "audio_file", raw)
     if audio.size < LAM_A2E.min_audio_samples:
         raise BadRequest(f"audio_file is too short ({audio.size / SAMPLE_RATE * 1000:.1f} ms; at least "
                          f"{LAM_A2E.min_audio_samples / SAMPLE_RATE * 1000:.0f} ms)")
@@ -131,12 +172,14 @@ async def stream_chunk(
     engine: EngineDep,
     sessions: SessionsDep,
     settings: SettingsDep,
+    raw: RawPcmDep,
     session_id: Annotated[str, Form(min_length=1, description="from /api/infer_stream_init")],
-    audio_chunk: Annotated[UploadFile, File(description="about 1 s of audio (0.5-2 s recommended)")],
+    audio_chunk: Annotated[UploadFile, File(description="about 1 s of audio (0.5-2 s recommended): an audio file, or raw "
+                                                        "PCM samples such as a microphone's s16le 16 kHz mono frames")],
 ) -> StreamChunkResponse:
     session = sessions.get(session_id)
     data = await read_upload(audio_chunk, settings.lam_a2e.max_chunk_bytes, "audio_chunk")
-    audio = await decode_upload(data, False, settings.lam_a2e.max_chunk_seconds, "audio_chunk")
+    audio = await decode_upload(data, False, settings.lam_a2e.max_chunk_seconds, "audio_chunk", raw)
     async with session.lock:
         session = sessions.get(session_id)  # it may have been closed while this chunk waited
         started = time.perf_counter()

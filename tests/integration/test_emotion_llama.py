@@ -221,7 +221,7 @@ def test_sdk_analyze(frontend):
         assert "".join(client.stream(SAMPLE_VIDEO, EMOTION, max_new_tokens=MAX_TOKENS, temperature=0))
         with pytest.raises(EmotionLLaMAError) as error:
             client.analyze("/etc/passwd")
-        assert error.value.status_code == 403  # outside the media roots
+        assert error.value.status_code == 400  # outside the media roots
 
 
 def _error(response: httpx.Response, status: int, words: str) -> dict:
@@ -252,14 +252,16 @@ def test_bad_inputs_get_clear_4xx_and_the_model_keeps_serving(api, media, media_
         return api.post("/process_video", json={"video_path": str(path), "question": question, "max_new_tokens": 4})
 
     _error(process(media_root / "missing.mp4"), 404, "not found")
-    _error(process("/etc/passwd"), 403, "outside the configured media roots")
-    _error(process(f"{media_root}/../{media_root.name}/../../etc/passwd"), 403, "outside")
+    refused = _error(process("/etc/passwd"), 400, "outside the configured media roots")
+    assert "--media-root" in refused["details"] and "EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS" in refused["details"]
+    _error(process(f"{media_root}/../{media_root.name}/../../etc/passwd"), 400, "outside")
+    _error(process("../../etc/passwd"), 400, "outside")  # relative: against the first root, and still confined
     outside = tmp_path / "secret.mp4"
     outside.write_bytes(SAMPLE_VIDEO.read_bytes())
     link = media_root / "link.mp4"
     os.symlink(outside, link)
     try:
-        _error(process(link), 403, "outside")  # a symlink that leads out of the root
+        _error(process(link), 400, "outside")  # a symlink that leads out of the root
     finally:
         link.unlink()
     _error(process(media_root), 400, "not a regular file")

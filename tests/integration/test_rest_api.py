@@ -268,8 +268,13 @@ def no_leaks(api, triton_server):
 
 
 def test_non_audio_bytes_are_400(api, no_leaks):
-    response = api.post("/api/infer", files={"audio_file": ("x.wav", b"this is plain text, not audio" * 10)})
-    assert response.status_code == 400 and "not valid audio" in response.json()["detail"]
+    # a container's signature with no audio after it
+    for broken in (b"RIFF\x00\x10\x00\x00WAVEjunk" * 20, b"fLaC" + b"\x00" * 300, b"ID3" + b"\x07" * 300):
+        response = api.post("/api/infer", files={"audio_file": ("x.wav", broken)})
+        assert response.status_code == 400 and "not valid audio" in response.json()["detail"], broken[:4]
+    # no signature: raw PCM by the documented rule (s16le 16 kHz mono), refused here for its length
+    text = api.post("/api/infer", files={"audio_file": ("x.wav", b"this is plain text, not audio" * 10)})
+    assert text.status_code == 400 and "too short" in text.json()["detail"]
 
 
 def test_empty_file_is_400(api, no_leaks):
@@ -300,8 +305,10 @@ def test_empty_and_invalid_chunks_are_400_and_keep_the_session(api, no_leaks):
     session_id = open_session(api)
     empty = api.post("/api/infer_stream_chunk", data={"session_id": session_id}, files={"audio_chunk": ("c.wav", b"")})
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
-    garbage = api.post("/api/infer_stream_chunk", data={"session_id": session_id}, files={"audio_chunk": ("c.wav", b"\x00garbage" * 100)})
-    assert garbage.status_code == 400
+    # a container signature with garbage after it, and headerless bytes that are no whole number of s16le samples
+    for garbage in (b"OggS" + b"\x00garbage" * 100, b"\x00garbage" * 100 + b"!"):
+        refused = api.post("/api/infer_stream_chunk", data={"session_id": session_id}, files={"audio_chunk": ("c.wav", garbage)})
+        assert refused.status_code == 400 and "not valid audio" in refused.json()["detail"], refused.text
     good = send_chunk(api, session_id, speech_like(1.0))
     assert good.status_code == 200 and good.json()["metadata"]["chunk_index"] == 1
     assert api.delete(f"/api/infer_stream_close/{session_id}").status_code == 200
