@@ -27,6 +27,7 @@ from emoserve.emotion_llama.prompts import EMOTION_LABELS
 FINISH_EOS = "eos"
 FINISH_LENGTH = "length"
 FINISH_CANCELLED = "cancelled"
+FINISH_STOP = "stop"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SamplingParams:
     seed: int | None = None
     top_k: int = 50  # HF GenerationConfig default, in effect upstream; 0 disables
     min_new_tokens: int = 1  # upstream min_length=1: EOS cannot be the first token
+    stop: tuple[str, ...] = ()  # the answer ends once its text contains one of these (the token completing it kept)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or self.temperature < 0:
@@ -59,6 +61,8 @@ class SamplingParams:
         if (isinstance(self.min_new_tokens, bool) or not isinstance(self.min_new_tokens, int)
                 or not 0 <= self.min_new_tokens <= self.max_new_tokens):
             raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens], got {self.min_new_tokens!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
 
     @property
     def greedy(self) -> bool:
@@ -75,7 +79,7 @@ GREEDY = SamplingParams(temperature=0.0, top_p=1.0, repetition_penalty=1.0, top_
 class GenerationResult:
     token_ids: tuple[int, ...]  # generated tokens, without the stopping EOS
     text: str  # exactly the concatenation of the on_token deltas
-    finish_reason: str  # "eos" | "length" | "cancelled"
+    finish_reason: str  # "eos" | "length" | "stop" | "cancelled"
     token_logprobs: tuple[float, ...] = field(default=())  # log p(token) under the raw model distribution
 
 
@@ -284,9 +288,16 @@ def _advance_requests(
         delta = state.detokenizer.push(token)
         if on_token is not None:
             on_token(i, token, delta)
-        if len(state.history) >= state.params.max_new_tokens:
+        if delta and _completes_stop(state.detokenizer.text, delta, state.params.stop):
+            state.finish = FINISH_STOP
+        elif len(state.history) >= state.params.max_new_tokens:
             state.finish = FINISH_LENGTH
     return step_tokens
+
+
+def _completes_stop(text: str, delta: str, stop: tuple[str, ...]) -> bool:
+    """True when ``delta`` (the end of ``text``) completes a stop string: earlier text was checked before."""
+    return any(s in text[-(len(delta) + len(s) - 1):] for s in stop)
 
 
 def label_token_ids(
@@ -335,8 +346,12 @@ def emotion_confidence(
     distribution (no temperature, top-p or repetition penalty), where ``answer_prefix_ids`` are the
     generated tokens before the label word (empty when the answer is just the label, as for upstream's
     ``[emotion]`` task), and returns ``softmax(s)`` over the labels - i.e. the model's probability of
-    continuing with each label, renormalised to the label set. All labels are scored in ONE batched
-    forward pass. Multi-token labels are not length-normalised (that would no longer be a probability).
+    continuing with each label, renormalised to the label set. Multi-token labels are not
+    length-normalised (that would no longer be a probability).
+
+    The context (prompt + answer prefix) is run ONCE, with a KV cache; its last position gives every
+    label's first token. The labels' later tokens are then scored as continuations of that cache, all
+    labels in one batched step (right-padded, masked), instead of re-running the whole prompt per label.
     """
     if tokenizer is None:
         tokenizer = getattr(model, "emoserve_tokenizer", None)
@@ -345,25 +360,32 @@ def emotion_confidence(
     table = model.get_input_embeddings()
     device, dtype = table.weight.device, table.weight.dtype
     per_label = label_token_ids(tokenizer, labels, leading_space)
-    prefix = prompt_embeds.to(device=device, dtype=dtype)
+    context = prompt_embeds.to(device=device, dtype=dtype)
     if answer_prefix_ids:
-        prefix = torch.cat([prefix, table(torch.tensor(list(answer_prefix_ids), device=device))], dim=0)
-    context = prefix.shape[0]
-    longest = max(len(ids) for ids in per_label)
-    count = len(labels)
+        context = torch.cat([context, table(torch.tensor(list(answer_prefix_ids), device=device))], dim=0)
+    length = context.shape[0]
+    out = model(inputs_embeds=context[None], use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    scores = torch.tensor([float(first[ids[0]]) for ids in per_label], dtype=torch.float64)
 
-    inputs = torch.zeros(count, context + longest, prefix.shape[1], dtype=dtype, device=device)
-    mask = torch.zeros(count, context + longest, dtype=torch.long, device=device)
-    for k, ids in enumerate(per_label):
-        inputs[k, :context] = prefix
-        inputs[k, context:context + len(ids)] = table(torch.tensor(ids, device=device))
-        mask[k, :context + len(ids)] = 1
-    # right padding: the padded tail never influences earlier positions of a causal model
-    out = model(inputs_embeds=inputs, attention_mask=mask, use_cache=False, logits_to_keep=longest + 1)
-    # kept positions are context-1 .. context+longest-1; position context-1+j predicts label token j
-    log_probs = torch.log_softmax(out.logits.float(), dim=-1)
-    scores = torch.empty(count, dtype=torch.float64)
-    for k, ids in enumerate(per_label):
-        scores[k] = sum(float(log_probs[k, j, tok]) for j, tok in enumerate(ids))
+    # only labels of several tokens need their later tokens scored; each feeds all but its last token
+    longer = [k for k, ids in enumerate(per_label) if len(ids) > 1]
+    if longer:
+        width = max(len(per_label[k]) for k in longer) - 1
+        feed = torch.full((len(longer), width), tokenizer.pad_token_id or 0, dtype=torch.long, device=device)
+        mask = torch.ones(len(longer), length + width, dtype=torch.long, device=device)
+        for row, k in enumerate(longer):
+            ids = per_label[k][:-1]
+            feed[row, :len(ids)] = torch.tensor(ids, device=device)
+            mask[row, length + len(ids):] = 0  # right padding: never seen by the real positions before it
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(longer))
+        positions = torch.arange(length, length + width, device=device).expand(len(longer), width)
+        step = model(inputs_embeds=table(feed), attention_mask=mask, position_ids=positions, past_key_values=cache,
+                     use_cache=True)
+        log_probs = torch.log_softmax(step.logits.float(), dim=-1)
+        for row, k in enumerate(longer):
+            # fed position j predicts label token j + 1
+            scores[k] += sum(float(log_probs[row, j, tok]) for j, tok in enumerate(per_label[k][1:]))
     probs = torch.softmax(scores, dim=0)
     return {label: float(p) for label, p in zip(labels, probs)}

@@ -273,6 +273,21 @@ def test_max_new_tokens_and_cancellation(tiny):
     assert seen.count(0) == 9 and seen.count(1) == 3
 
 
+def test_stop_strings_end_the_answer_with_the_token_that_completes_them(tiny):
+    model, tokenizer, _ = tiny
+    prompt = text_embeds(model, tokenizer, "Count with me")
+    free = generate_batch(model, tokenizer, [prompt], [greedy(20)])[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 20
+    # a stop string that the free answer's 5th token completes: the answer is its first 5 tokens
+    fifth = tokenizer.decode(list(free.token_ids[:5]), skip_special_tokens=True)
+    stop = fifth[len(tokenizer.decode(list(free.token_ids[:4]), skip_special_tokens=True)) - 1:]
+    assert stop and stop not in tokenizer.decode(list(free.token_ids[:4]), skip_special_tokens=True)
+    stopped = generate_batch(model, tokenizer, [prompt], [greedy(20, stop=(stop,))])[0]
+    assert stopped.finish_reason == "stop" and stopped.token_ids == free.token_ids[:5] and stopped.text == fifth
+    with pytest.raises(ValueError):
+        greedy(5, stop=("",))
+
+
 def test_repetition_penalty_discourages_repeats(tiny):
     model, tokenizer, _ = tiny
     prompt = text_embeds(model, tokenizer, "Again and again")
@@ -351,6 +366,61 @@ def test_emotion_confidence(tiny):
         logp_n = torch.log_softmax(model(inputs_embeds=seq_n[None]).logits[0].float(), -1)
     manual_n = sum(float(logp_n[prompt.shape[0] - 1 + j, t]) for j, t in enumerate(ids_n))
     assert abs(ratio - (manual - manual_n)) < 1e-4
+
+
+def confidence_by_reprefill(model, prompt_embeds, answer_prefix_ids, tokenizer, labels=EMOTION_LABELS):
+    """The previous implementation, kept as the reference: the whole context re-run once per label
+    (right-padded rows of context + label, no cache)."""
+    table = model.get_input_embeddings()
+    per_label = label_token_ids(tokenizer, labels)
+    prefix = prompt_embeds
+    if answer_prefix_ids:
+        prefix = torch.cat([prefix, table(torch.tensor(list(answer_prefix_ids)))], dim=0)
+    context, longest = prefix.shape[0], max(len(ids) for ids in per_label)
+    inputs = torch.zeros(len(labels), context + longest, prefix.shape[1])
+    mask = torch.zeros(len(labels), context + longest, dtype=torch.long)
+    for k, ids in enumerate(per_label):
+        inputs[k, :context] = prefix
+        inputs[k, context:context + len(ids)] = table(torch.tensor(ids))
+        mask[k, :context + len(ids)] = 1
+    with torch.no_grad():
+        out = model(inputs_embeds=inputs, attention_mask=mask, use_cache=False, logits_to_keep=longest + 1)
+    log_probs = torch.log_softmax(out.logits.float(), dim=-1)
+    scores = torch.tensor([sum(float(log_probs[k, j, tok]) for j, tok in enumerate(ids)) for k, ids in enumerate(per_label)],
+                          dtype=torch.float64)
+    return dict(zip(labels, torch.softmax(scores, dim=0).tolist()))
+
+
+# SmolLM2 spells every one of the 9 labels as one token: these words of 2-4 tokens exercise the cached continuation
+LONG_LABELS = ("happy", "flabbergasted", "apprehensive", "contemptuous", "sad")
+
+
+def assert_same_confidence(model, tokenizer, prompt, prefix_ids, labels=EMOTION_LABELS):
+    cached = emotion_confidence(model, prompt, prefix_ids, tokenizer=tokenizer, labels=labels)
+    reference = confidence_by_reprefill(model, prompt, prefix_ids, tokenizer, labels)
+    assert list(cached) == list(reference)
+    for label in labels:
+        assert cached[label] == pytest.approx(reference[label], abs=1e-5), label
+
+
+def test_emotion_confidence_from_the_cache_equals_reprefilling_per_label(tiny):
+    model, tokenizer, family = tiny
+    assert len({len(ids) for ids in label_token_ids(tokenizer, LONG_LABELS)}) >= 3
+    rows = torch.randn(260, model.config.hidden_size, generator=torch.Generator().manual_seed(2)) * 0.05
+    prompt = llm.embed_prompt(model, tokenizer, build_prompt(format_question("Leave me alone", "emotion"), family), rows)
+    for prefix in ("", " The emotion is", " I think the person feels"):
+        ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        for labels in (EMOTION_LABELS, LONG_LABELS):
+            assert_same_confidence(model, tokenizer, prompt, ids, labels)
+
+
+def test_smollm2_emotion_confidence_from_the_cache_equals_reprefilling_per_label(smollm2):
+    model, tokenizer, family = smollm2
+    rows = torch.randn(260, model.config.hidden_size, generator=torch.Generator().manual_seed(2)) * 0.02
+    prompt = llm.embed_prompt(model, tokenizer, build_prompt(format_question("Leave me alone", "emotion"), family), rows)
+    for labels in (EMOTION_LABELS, LONG_LABELS):
+        assert_same_confidence(model, tokenizer, prompt, [], labels)
+        assert_same_confidence(model, tokenizer, prompt, tokenizer(" The emotion is", add_special_tokens=False)["input_ids"], labels)
 
 
 # ---- LoRA merge ----------------------------------------------------------------------------------------
