@@ -1,4 +1,5 @@
 # make run   — set up, build the demo model repository if missing, start Triton + the REST front end
+#              (more stack options: make run ARGS="--documented-ports --media-root /data/videos")
 # make test  — set up and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -37,7 +38,7 @@ repo: $(STAMP)
 	$(PY) -m export.build_repository --target cpu --profile full --out model_repository
 
 run: $(STAMP)
-	$(PY) -m stack --host 127.0.0.1 --port 8080
+	$(PY) -m stack --host 127.0.0.1 --port 8080 $(ARGS)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q -ra tests
