@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -172,7 +171,9 @@ def test_the_server_and_its_stubs_die_with_their_launcher(a2e_repository):
     # the watchdog ends the process group and removes its shared memory once the launcher's pipe closes
     wait_until(lambda: process_group_members(server_pid) == [] and leftover_shm_regions(prefix) == [], 15,
                "no stub and no shm region of the dead launcher's server left")
-    assert np.all([port_owner(port) is None for port in (opts.http_port, opts.grpc_port)])
+    # a multi-threaded process shows as a zombie once its main thread exits; its sockets close with its last thread
+    wait_until(lambda: all(port_owner(port) is None for port in (opts.http_port, opts.grpc_port)), 15,
+               "the dead server's ports free")
 
 
 def test_the_next_launch_cleans_up_what_a_dead_launcher_and_watchdog_left(a2e_repository):
@@ -181,4 +182,5 @@ def test_the_next_launch_cleans_up_what_a_dead_launcher_and_watchdog_left(a2e_re
     regions, _ = remove_stale_leftovers()  # what the next start does first
     assert leftover_shm_regions(prefix) == [] and regions
     wait_until(lambda: process_group_members(server_pid) == [], 15, "no stub of the dead launcher's server left")
-    assert np.all([port_owner(port) is None for port in (opts.http_port, opts.grpc_port)])
+    wait_until(lambda: all(port_owner(port) is None for port in (opts.http_port, opts.grpc_port)), 15,
+               "the dead server's ports free")
