@@ -22,6 +22,11 @@ class EmotionLlamaDefaults:
     max_new_tokens: int = 500
     max_new_tokens_limit: int = 1024  # the most a request may ask for
     max_prompt_chars: int = 2000
+    # continuous batching in emotion_llama_llm: sequences decoded together, and the KV positions they may reserve
+    # (prompt + max_new_tokens each; SmolLM2's 313-token [emotion] prompt + 500 tokens ~ 0.8 k, so 8 fit)
+    max_active_sequences: int = 8
+    max_batch_tokens: int = 16384
+    max_waiting_requests: int = 256  # admitted to the model but not yet decoding; beyond, refused (UNAVAILABLE)
     # one video, as a file or an upload: the front end answers 413 above it, the pipeline refuses it too
     max_video_bytes: int = 200 * _MiB
     # HuBERT attends over the whole track: only the audio's first seconds are encoded

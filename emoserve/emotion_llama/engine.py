@@ -1,13 +1,14 @@
-"""The Emotion-LLaMA language side as one server-free object: prompt → spliced embeddings → batched
-generation → parsed emotion and its confidence.
+"""The Emotion-LLaMA language side as one server-free object: prompt → spliced embeddings → continuously
+batched generation (:mod:`emoserve.emotion_llama.scheduler`) → parsed emotion and its confidence.
 
-The Triton ``emotion_llama_llm`` model is a thin adapter over :class:`EmotionLlamaEngine`, and the tests
-use the same engine in-process as the reference that Triton's output must equal token for token.
+The Triton ``emotion_llama_llm`` model is a thin adapter over :class:`EmotionLlamaEngine` (:meth:`submit` from
+``execute``, results from the engine's decode-loop thread), and the tests use the same engine in-process
+(:meth:`run`) as the reference that Triton's output must equal token for token.
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,19 @@ import numpy as np
 import torch
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
-from emoserve.emotion_llama.generation import SamplingParams, emotion_confidence, generate_batch
+from emoserve.emotion_llama.generation import FINISH_CANCELLED, SamplingParams, emotion_confidence
 from emoserve.emotion_llama.llm import embed_prompt, load_llm
 from emoserve.emotion_llama.prompts import EMOTION_LABELS, build_prompt, parse_emotion_label, parse_task, validate_question
+from emoserve.emotion_llama.scheduler import (
+    ContinuousBatchScheduler,
+    GenerationJob,
+    SchedulerFull,
+    SchedulerStopped,
+    SequenceCallbacks,
+    SequenceResult,
+)
+
+__all__ = ["EmotionLlamaEngine", "EngineRequest", "EngineRequestError", "EngineResult", "SchedulerFull", "SchedulerStopped"]
 
 NUM_MULTIMODAL_TOKENS = 260  # 256 image tokens, 3 feature tokens (FaceMAE, VideoMAE, HuBERT), 1 CLS token
 
@@ -44,7 +55,9 @@ class EngineResult:
     confidence: float | None = None
     label_probs: dict[str, float] | None = None
     prompt_tokens: int = 0
-    generation_seconds: float = 0.0
+    # the scheduler's account (SequenceStats.summary): queue_seconds, time_to_first_token, generation_seconds,
+    # decode_steps, max_step_batch_size (rows in its fullest decode step), mean_step_batch_size
+    scheduling: dict = field(default_factory=dict)
 
     def metadata(self) -> dict:
         return {
@@ -55,7 +68,9 @@ class EngineResult:
             "label_probs": self.label_probs,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": len(self.token_ids),
-            "generation_seconds": round(self.generation_seconds, 4),
+            **self.scheduling,
+            # the sequences it was decoded with at most (before continuous batching: the execute's batch)
+            "batch_size": self.scheduling.get("max_step_batch_size", 1),
         }
 
 
@@ -69,12 +84,29 @@ def _label_prefix_text(answer: str) -> str | None:
 
 
 class EmotionLlamaEngine:
-    def __init__(self, folder: str | Path, max_question_chars: int = EMOTION_LLAMA.max_prompt_chars, device: str = "cpu"):
+    def __init__(
+        self,
+        folder: str | Path,
+        max_question_chars: int = EMOTION_LLAMA.max_prompt_chars,
+        device: str = "cpu",
+        max_active_sequences: int = EMOTION_LLAMA.max_active_sequences,
+        max_batch_tokens: int = EMOTION_LLAMA.max_batch_tokens,
+        max_waiting: int = EMOTION_LLAMA.max_waiting_requests,
+    ):
         self.model, self.tokenizer, self.family = load_llm(folder)
         self.model.to(device)
         self.device = device
         self.hidden_size = int(self.model.config.hidden_size)
         self.max_question_chars = max_question_chars
+        self.scheduler = ContinuousBatchScheduler(self.model, self.tokenizer, max_active_sequences, max_batch_tokens,
+                                                  max_waiting)
+
+    def start(self) -> None:
+        """Decode on the engine's own loop thread: :meth:`submit` returns at once, callbacks come from there."""
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
 
     def _embed(self, request: EngineRequest) -> torch.Tensor:
         try:
@@ -88,7 +120,44 @@ class EmotionLlamaEngine:
             )
         if not np.all(np.isfinite(multimodal)):
             raise EngineRequestError("multimodal embeddings hold NaN or infinite values")
-        return embed_prompt(self.model, self.tokenizer, build_prompt(request.question, self.family), multimodal)
+        with torch.inference_mode():
+            return embed_prompt(self.model, self.tokenizer, build_prompt(request.question, self.family), multimodal)
+
+    def submit(
+        self,
+        request: EngineRequest,
+        on_result: Callable[[EngineResult], None],
+        on_error: Callable[[BaseException], None],
+        on_token: Callable[[int, str], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> None:
+        """Queue one request for the decode loop; the callbacks come from whoever runs the loop's steps.
+
+        Raises :class:`EngineRequestError` for a request that cannot run and :class:`SchedulerFull` /
+        :class:`SchedulerStopped` when it cannot be queued; nothing is queued then.
+        """
+        prompt_embeds = self._embed(request)
+        task = parse_task(request.question)
+
+        def finished(sequence: SequenceResult) -> None:
+            generation = sequence.generation
+            outcome = EngineResult(
+                text=generation.text,
+                token_ids=list(generation.token_ids),
+                finish_reason=generation.finish_reason,
+                task=task,
+                prompt_tokens=int(prompt_embeds.shape[0]),
+                scheduling=sequence.stats.summary(),
+            )
+            if task == "emotion" and outcome.finish_reason != FINISH_CANCELLED:
+                self._score_emotion(outcome, prompt_embeds)
+            on_result(outcome)
+
+        try:
+            self.scheduler.submit(GenerationJob(prompt_embeds, request.params),
+                                  SequenceCallbacks(finished, on_error, on_token, is_cancelled))
+        except ValueError as exc:  # e.g. prompt + max_new_tokens beyond the KV budget
+            raise EngineRequestError(str(exc)) from None
 
     def run(
         self,
@@ -96,43 +165,38 @@ class EmotionLlamaEngine:
         on_token: Callable[[int, int, str], None] | None = None,
         should_stop: Callable[[int], bool] | None = None,
     ) -> list[EngineResult | EngineRequestError]:
-        """One result per request, in order; refused requests get their error and do not run."""
+        """One result per request, in order, decoded together; refused requests get their error and do not run.
+
+        Without a loop thread (:meth:`start`) the caller's thread runs the steps; with one, this waits for it.
+        """
         outcomes: list[EngineResult | EngineRequestError | None] = [None] * len(requests)
-        runnable, embeds = [], []
+        done = threading.Semaphore(0)
+        submitted = 0
         for index, request in enumerate(requests):
+            def store(outcome, index=index) -> None:
+                outcomes[index] = outcome
+                done.release()
+
+            def fail(exc: BaseException, index=index) -> None:
+                outcomes[index] = exc
+                done.release()
+
             try:
-                embeds.append(self._embed(request))
-                runnable.append(index)
+                self.submit(
+                    request, store, fail,
+                    on_token=None if on_token is None else (lambda token, delta, index=index: on_token(index, token, delta)),
+                    is_cancelled=None if should_stop is None else (lambda index=index: should_stop(index)),
+                )
+                submitted += 1
             except EngineRequestError as exc:
                 outcomes[index] = exc
-        if runnable:
-            started = time.perf_counter()
-
-            def forward_token(row: int, token_id: int, delta: str) -> None:
-                if on_token is not None:
-                    on_token(runnable[row], token_id, delta)
-
-            def stop_row(row: int) -> bool:
-                return should_stop(runnable[row]) if should_stop is not None else False
-
-            with torch.inference_mode():
-                generated = generate_batch(
-                    self.model, self.tokenizer, embeds, [requests[i].params for i in runnable], forward_token, stop_row
-                )
-            elapsed = time.perf_counter() - started
-            for row, index in enumerate(runnable):
-                result = generated[row]
-                outcome = EngineResult(
-                    text=result.text,
-                    token_ids=list(result.token_ids),
-                    finish_reason=result.finish_reason,
-                    task=parse_task(requests[index].question),
-                    prompt_tokens=int(embeds[row].shape[0]),
-                    generation_seconds=elapsed,
-                )
-                if outcome.task == "emotion" and outcome.finish_reason != "cancelled":
-                    self._score_emotion(outcome, embeds[row])
-                outcomes[index] = outcome
+        while not self.scheduler.running and self.scheduler.has_work():
+            self.scheduler.step()
+        for _ in range(submitted):
+            done.acquire()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, EngineRequestError):
+                raise outcome
         return outcomes  # type: ignore[return-value]
 
     def _score_emotion(self, outcome: EngineResult, prompt_embeds: torch.Tensor) -> None:

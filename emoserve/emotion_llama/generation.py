@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -114,7 +115,7 @@ class IncrementalDetokenizer:
         return ""
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_token_ids(model, tokenizer) -> set[int]:
     ids: set[int] = set()
     for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
         if source is None:
@@ -125,7 +126,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _pad_id(tokenizer, eos_ids: set[int]) -> int:
+def pad_token_id(tokenizer, eos_ids: set[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
 
 
@@ -180,22 +181,30 @@ def generate_batch(
         return []
     table = model.get_input_embeddings()
     device, dtype = table.weight.device, table.weight.dtype
-    _check_prompt_shapes(prompts_embeds, hidden=table.weight.shape[1])
+    check_prompt_shapes(prompts_embeds, hidden=table.weight.shape[1])
 
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, eos_ids)
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = pad_token_id(tokenizer, eos_ids)
     batch = len(prompts_embeds)
-    inputs, mask = _left_padded(prompts_embeds, dtype, device)
+    inputs, mask = left_padded(prompts_embeds, dtype, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     next_position = torch.tensor([int(e.shape[0]) for e in prompts_embeds], dtype=torch.long, device=device)
-    states = [_RequestState(p, _request_generator(p), IncrementalDetokenizer(tokenizer)) for p in params]
+    states = [RequestState.start(p, tokenizer) for p in params]
 
     out = model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     logits = out.logits[:, -1, :].float().cpu()
 
     while True:
-        step_tokens = _advance_requests(states, logits, eos_ids, pad_id, on_token, should_stop)
+        step_tokens = []
+        for i, state in enumerate(states):
+            if state.finish is None and should_stop is not None and should_stop(i):
+                state.finish = FINISH_CANCELLED
+            token = None
+            if state.finish is None:
+                token = state.advance(logits[i], eos_ids, None if on_token is None else partial(on_token, i))
+            # a finished row keeps being fed a pad token: its output is never read
+            step_tokens.append(pad_id if token is None else token)
         if all(state.finish is not None for state in states):
             break
         ids = torch.tensor(step_tokens, dtype=torch.long, device=device)
@@ -215,8 +224,8 @@ def generate_batch(
 
 
 @dataclass
-class _RequestState:
-    """One request's decoding state inside :func:`generate_batch`."""
+class RequestState:
+    """One request's decoding state: shared by :func:`generate_batch` and the continuous-batching scheduler."""
 
     params: SamplingParams
     generator: torch.Generator | None  # None for greedy requests
@@ -225,17 +234,43 @@ class _RequestState:
     logprobs: list[float] = field(default_factory=list)
     finish: str | None = None
 
+    @classmethod
+    def start(cls, params: SamplingParams, tokenizer) -> RequestState:
+        return cls(params, request_generator(params), IncrementalDetokenizer(tokenizer))
+
+    def advance(self, logits: torch.Tensor, eos_ids: set[int], on_token: Callable[[int, str], None] | None = None) -> int | None:
+        """Choose the next token from this request's raw last-position ``logits`` ``[V]``.
+
+        Returns the token to feed the model next, or None once the request has finished (EOS, length or a
+        stop string: ``finish`` is then set). ``on_token(token_id, text_delta)`` is called for every
+        generated (non-EOS) token before the stop checks, so a stream always ends with its last token.
+        """
+        token = _choose(logits, self.params, self.history, eos_ids, self.generator)
+        if token in eos_ids:
+            self.finish = FINISH_EOS
+            return None
+        self.history.append(token)
+        self.logprobs.append(float(torch.log_softmax(logits, -1)[token]))
+        delta = self.detokenizer.push(token)
+        if on_token is not None:
+            on_token(token, delta)
+        if delta and _completes_stop(self.detokenizer.text, delta, self.params.stop):
+            self.finish = FINISH_STOP
+        elif len(self.history) >= self.params.max_new_tokens:
+            self.finish = FINISH_LENGTH
+        return None if self.finish is not None else token
+
     def result(self) -> GenerationResult:
         return GenerationResult(tuple(self.history), self.detokenizer.text, self.finish, tuple(self.logprobs))  # type: ignore[arg-type]
 
 
-def _check_prompt_shapes(prompts_embeds: list[torch.Tensor], hidden: int) -> None:
+def check_prompt_shapes(prompts_embeds: list[torch.Tensor], hidden: int) -> None:
     for i, emb in enumerate(prompts_embeds):
         if emb.ndim != 2 or emb.shape[1] != hidden or emb.shape[0] == 0:
             raise ValueError(f"prompt {i}: embeddings must be [L>0, {hidden}], got {tuple(emb.shape)}")
 
 
-def _left_padded(
+def left_padded(
     prompts_embeds: list[torch.Tensor], dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, W, hidden]`` inputs left-padded with zeros and their ``[B, W]`` attention mask (W the longest)."""
@@ -250,7 +285,7 @@ def _left_padded(
     return inputs, mask
 
 
-def _request_generator(params: SamplingParams) -> torch.Generator | None:
+def request_generator(params: SamplingParams) -> torch.Generator | None:
     """A CPU generator seeded with ``params.seed`` (fresh entropy without one); None for greedy decoding."""
     if params.greedy:
         return None
@@ -260,39 +295,6 @@ def _request_generator(params: SamplingParams) -> torch.Generator | None:
     else:
         generator.manual_seed(params.seed)
     return generator
-
-
-def _advance_requests(
-    states: list[_RequestState],
-    logits: torch.Tensor,
-    eos_ids: set[int],
-    pad_id: int,
-    on_token: Callable[[int, int, str], None] | None,
-    should_stop: Callable[[int], bool] | None,
-) -> list[int]:
-    """One decoding step: each request's next token from its ``logits`` row (``pad_id`` once finished)."""
-    step_tokens = []
-    for i, state in enumerate(states):
-        if state.finish is None and should_stop is not None and should_stop(i):
-            state.finish = FINISH_CANCELLED
-        if state.finish is not None:
-            step_tokens.append(pad_id)
-            continue
-        token = _choose(logits[i], state.params, state.history, eos_ids, state.generator)
-        step_tokens.append(token)
-        if token in eos_ids:
-            state.finish = FINISH_EOS
-            continue
-        state.history.append(token)
-        state.logprobs.append(float(torch.log_softmax(logits[i], -1)[token]))
-        delta = state.detokenizer.push(token)
-        if on_token is not None:
-            on_token(i, token, delta)
-        if delta and _completes_stop(state.detokenizer.text, delta, state.params.stop):
-            state.finish = FINISH_STOP
-        elif len(state.history) >= state.params.max_new_tokens:
-            state.finish = FINISH_LENGTH
-    return step_tokens
 
 
 def _completes_stop(text: str, delta: str, stop: tuple[str, ...]) -> bool:

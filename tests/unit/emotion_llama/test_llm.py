@@ -43,18 +43,6 @@ from emoserve.emotion_llama.prompts import (
 QUESTION = "The person in video says: Why are you looking at me like this?  [reason] What is the emotional state?"
 
 
-@pytest.fixture(scope="module")
-def smol_tokenizer():
-    return llm.load_smollm2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, smol_tokenizer):
-    folder = llm.build_tiny_llama(tmp_path_factory.mktemp("tiny_llm") / "tiny", seed=0, tokenizer=smol_tokenizer)
-    model, tokenizer, family = llm.load_llm(folder)
-    return model, tokenizer, family
-
-
 def greedy(n: int, **kw) -> SamplingParams:
     return SamplingParams(temperature=0.0, top_p=1.0, repetition_penalty=1.0, top_k=0, max_new_tokens=n, **kw)
 
