@@ -75,8 +75,11 @@ class BuildSettings:
     encoder_profile: str = "small"
     llama2_folder: Path | None = None
     emotion_llama_checkpoint: Path | None = None
-    llm_max_batch: int = 8
-    llm_queue_delay_us: int = 20000
+    llm_max_batch: int = 8  # requests one execute may take; execute only queues them for the decode loop
+    # the decode loop batches per step (continuous batching): holding requests back in Triton only delays them
+    llm_queue_delay_us: int = 0
+    llm_max_active_sequences: int = EMOTION_LLAMA.max_active_sequences
+    llm_max_batch_tokens: int = EMOTION_LLAMA.max_batch_tokens
     max_new_tokens_limit: int = EMOTION_LLAMA.max_new_tokens_limit
     max_prompt_chars: int = EMOTION_LLAMA.max_prompt_chars
     pipeline_instances: int = 4

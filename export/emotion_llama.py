@@ -284,10 +284,13 @@ def _llm_base() -> ModelConfig:
 
 
 def _llm_overlay(config: ModelConfig, settings: BuildSettings) -> None:
-    # concurrent requests arriving within the delay decode together in one batched loop
+    # execute only queues requests for the model's decode loop, which batches them per step (continuous batching);
+    # the dynamic batcher just hands over whatever queued while one execute ran (no delay by default)
     set_dynamic_batching(config, settings.llm_max_batch, settings.llm_queue_delay_us, settings.max_queue_size)
     set_instances(config, 1, KIND_GPU if settings.target == "gpu" else KIND_CPU)
-    set_parameters(config, max_new_tokens_limit=settings.max_new_tokens_limit, max_prompt_chars=settings.max_prompt_chars)
+    set_parameters(config, max_new_tokens_limit=settings.max_new_tokens_limit, max_prompt_chars=settings.max_prompt_chars,
+                   max_active_sequences=settings.llm_max_active_sequences, max_batch_tokens=settings.llm_max_batch_tokens,
+                   max_waiting_requests=settings.max_queue_size)
     set_weights(config, describe_weights(settings)["llm"])
 
 

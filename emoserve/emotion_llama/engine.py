@@ -55,7 +55,7 @@ class EngineResult:
     confidence: float | None = None
     label_probs: dict[str, float] | None = None
     prompt_tokens: int = 0
-    # the scheduler's account (SequenceStats.summary): queue_seconds, time_to_first_token, generation_seconds,
+    # the scheduler's account (SequenceStats.summary): queue_seconds, time_to_first_token_seconds, generation_seconds,
     # decode_steps, max_step_batch_size (rows in its fullest decode step), mean_step_batch_size
     scheduling: dict = field(default_factory=dict)
 

@@ -91,7 +91,7 @@ class SequenceStats:
         steps = self.step_batch_sizes
         return {
             "queue_seconds": since_submit(self.admitted_at),
-            "time_to_first_token": since_submit(self.first_token_at),
+            "time_to_first_token_seconds": since_submit(self.first_token_at),
             "generation_seconds": None if self.admitted_at is None or self.finished_at is None
             else round(self.finished_at - self.admitted_at, 4),
             "decode_steps": len(steps),

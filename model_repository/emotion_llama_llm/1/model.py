@@ -1,11 +1,19 @@
-"""Emotion-LLaMA's LLM: decoupled, dynamically batched, tokens streamed back as they are generated.
+"""Emotion-LLaMA's LLM: decoupled, continuously batched, tokens streamed back as they are generated.
 
 Inputs per request: the 260 multimodal embeddings, the user's prompt and optional sampling parameters
-(upstream demo defaults otherwise). Dynamic batching hands concurrent requests to one ``execute``, which
-decodes them in ONE batched KV-cache loop (:class:`EmotionLlamaEngine`); every generated piece of text
-goes out at once as a ``TEXT_DELTA`` response, and a final response carries the whole ``TEXT``, the
-``TOKEN_IDS`` and ``RESULT_METADATA`` (finish reason, parsed emotion and confidence). A cancelled request
-stops between decoding steps.
+(upstream demo defaults otherwise). ``execute`` only validates requests (a bad one gets its own error response,
+FINAL) and submits them to :class:`EmotionLlamaEngine`'s decode loop, which runs on its own thread from
+``initialize`` to ``finalize`` (:mod:`emoserve.emotion_llama.scheduler`): between two decoding steps waiting
+requests are prefilled and join the running batch, and finished or cancelled ones leave it, so a request that
+arrives while others decode starts at the next step instead of waiting for their whole batch. The loop thread
+sends every piece of text at once as a ``TEXT_DELTA`` response and a final response with the whole ``TEXT``, the
+``TOKEN_IDS`` and ``RESULT_METADATA`` (finish reason, parsed emotion and confidence, queue time, time to first
+token, per-step batch sizes, weights). Response senders may be used from any thread; each request object is
+kept (in its callbacks) until its final response. ``request.is_cancelled()`` is polled between steps.
+
+Dynamic batching stays in the config, with no queue delay: ``execute`` returns at once, so it only hands over
+whatever queued meanwhile, and its bounded queue still refuses a flood at the door (UNAVAILABLE). Delaying
+requests there would only delay their first token: the decode loop does the batching.
 """
 
 import json
@@ -15,7 +23,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
-from emoserve.emotion_llama.engine import EmotionLlamaEngine, EngineRequest, EngineRequestError
+from emoserve.emotion_llama.engine import (
+    EmotionLlamaEngine,
+    EngineRequest,
+    EngineRequestError,
+    EngineResult,
+    SchedulerFull,
+    SchedulerStopped,
+)
 from emoserve.emotion_llama.generation import SamplingParams
 from emoserve.model_catalog import (
     MAX_NEW_TOKENS,
@@ -59,10 +74,19 @@ class TritonPythonModel:
         # a KIND_GPU instance (the gpu target) runs on its own GPU; KIND_CPU on the CPU
         device = f"cuda:{args['model_instance_device_id']}" if args.get("model_instance_kind") == "GPU" else "cpu"
         max_prompt_chars = typed_parameter(parameters, "max_prompt_chars", int, EMOTION_LLAMA.max_prompt_chars)
-        self.engine = EmotionLlamaEngine(folder, max_prompt_chars, device=device)
+        max_active = typed_parameter(parameters, "max_active_sequences", int, EMOTION_LLAMA.max_active_sequences)
+        max_batch_tokens = typed_parameter(parameters, "max_batch_tokens", int, EMOTION_LLAMA.max_batch_tokens)
+        max_waiting = typed_parameter(parameters, "max_waiting_requests", int, EMOTION_LLAMA.max_waiting_requests)
+        try:
+            self.engine = EmotionLlamaEngine(folder, max_prompt_chars, device=device, max_active_sequences=max_active,
+                                             max_batch_tokens=max_batch_tokens, max_waiting=max_waiting)
+        except ValueError as exc:  # a bad scheduling parameter: refuse to load, with its name
+            raise pb_utils.TritonModelException(f"emotion_llama_llm: {exc}") from None
         self.weights = parameters.get(WEIGHTS_PARAMETER, "unknown")
         self.logger = pb_utils.Logger
-        self.logger.log_info(f"emotion_llama_llm: {self.weights} (hidden {self.engine.hidden_size}, family {self.engine.family}, {device})")
+        self.engine.start()
+        self.logger.log_info(f"emotion_llama_llm: {self.weights} (hidden {self.engine.hidden_size}, family {self.engine.family}, "
+                             f"{device}; up to {max_active} sequences / {max_batch_tokens} KV tokens per decode step)")
 
     def _request(self, request) -> EngineRequest:
         prompt = bytes_input(pb_utils, request, PROMPT)
@@ -92,45 +116,38 @@ class TritonPythonModel:
         return EngineRequest(question=question, multimodal=embeddings.reshape(embeddings.shape[-2:]), params=params)
 
     def execute(self, requests):
-        senders = [request.get_response_sender() for request in requests]
-        parsed, errors = [], {}
-        for index, request in enumerate(requests):
+        for request in requests:
+            sender = request.get_response_sender()
             try:
-                parsed.append(self._request(request))
+                self.engine.submit(self._request(request), *self._callbacks(request, sender))
             except EngineRequestError as exc:
-                errors[index] = str(exc)
-                parsed.append(None)
-        for index, message in errors.items():
-            senders[index].send(error_response(pb_utils, message), flags=FINAL)
+                sender.send(error_response(pb_utils, str(exc)), flags=FINAL)
+            except (SchedulerFull, SchedulerStopped) as exc:
+                sender.send(error_response(pb_utils, str(exc), "UNAVAILABLE"), flags=FINAL)
+        return None
 
-        runnable = [i for i in range(len(requests)) if i not in errors]
-        if not runnable:
-            return None
+    def _callbacks(self, request, sender):
+        """``on_result, on_error, on_token, is_cancelled`` for one request; they run on the decode-loop thread."""
 
-        def on_token(row: int, token_id: int, delta: str) -> None:
-            if delta:
-                senders[runnable[row]].send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(TEXT_DELTA, _text(delta))]))
-
-        def should_stop(row: int) -> bool:
-            return requests[runnable[row]].is_cancelled()
-
-        try:
-            outcomes = self.engine.run([parsed[i] for i in runnable], on_token, should_stop)
-        except Exception as exc:
-            self.logger.log_error(f"emotion_llama_llm generation failed: {exc!r}")
-            for i in runnable:
-                senders[i].send(error_response(pb_utils, f"generation failed: {exc}", "INTERNAL"), flags=FINAL)
-            return None
-
-        for i, outcome in zip(runnable, outcomes):
-            if isinstance(outcome, EngineRequestError):
-                senders[i].send(error_response(pb_utils, str(outcome)), flags=FINAL)
-                continue
-            metadata = dict(outcome.metadata(), weights=self.weights, batch_size=len(runnable))
-            final = pb_utils.InferenceResponse(output_tensors=[
+        def on_result(outcome: EngineResult) -> None:
+            metadata = dict(outcome.metadata(), weights=self.weights)
+            sender.send(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(TEXT, _text(outcome.text)),
                 pb_utils.Tensor(TOKEN_IDS, np.array([outcome.token_ids], dtype=np.int64)),
                 pb_utils.Tensor(RESULT_METADATA, _text(json.dumps(metadata))),
-            ])
-            senders[i].send(final, flags=FINAL)
-        return None
+            ]), flags=FINAL)
+
+        def on_error(exc: BaseException) -> None:
+            self.logger.log_error(f"emotion_llama_llm generation failed: {exc!r}")
+            code = "UNAVAILABLE" if isinstance(exc, SchedulerStopped) else "INTERNAL"
+            sender.send(error_response(pb_utils, f"generation failed: {exc}", code), flags=FINAL)
+
+        def on_token(token_id: int, delta: str) -> None:
+            if delta:
+                sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(TEXT_DELTA, _text(delta))]))
+
+        return on_result, on_error, on_token, request.is_cancelled
+
+    def finalize(self):
+        # unfinished requests get UNAVAILABLE (SchedulerStopped) before the model goes
+        self.engine.stop()

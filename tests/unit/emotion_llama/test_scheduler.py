@@ -123,7 +123,7 @@ def test_late_joiner_shares_steps_and_gets_its_first_token_before_the_long_one_e
     assert long_stats.step_batch_sizes == [1] * 5 + [2] * 5 + [1] * 29  # 40 tokens: 1 from the prefill, 39 steps
     summary = late_stats.summary()
     assert summary["max_step_batch_size"] == 2 and summary["decode_steps"] == 5
-    assert summary["queue_seconds"] >= 0 and summary["time_to_first_token"] >= summary["queue_seconds"]
+    assert summary["queue_seconds"] >= 0 and summary["time_to_first_token_seconds"] >= summary["queue_seconds"]
 
 
 def test_cancel_leaves_the_batch_at_once_and_others_continue(tiny, scheduler, prompts):
@@ -265,4 +265,4 @@ def test_engine_on_its_loop_thread_streams_and_scores_emotion(tiny_llm_folder):
     assert result.token_ids == reference.token_ids and "".join(deltas) == result.text
     assert result.emotion == reference.emotion and result.confidence == pytest.approx(reference.confidence)
     metadata = result.metadata()
-    assert metadata["max_step_batch_size"] == metadata["batch_size"] == 1 and metadata["time_to_first_token"] > 0
+    assert metadata["max_step_batch_size"] == metadata["batch_size"] == 1 and metadata["time_to_first_token_seconds"] > 0
