@@ -32,6 +32,9 @@ EMOTION_PIPELINE_MODEL = "emotion_llama"
 
 VIDEO = "VIDEO"  # encoded video file bytes
 VIDEO_BASE64 = "VIDEO_BASE64"  # the same, base64-encoded: for JSON-only clients such as Triton's generate endpoint
+# a decoupled model's error reaches gRPC stream clients as text alone (no status code): the one input error only the
+# pipeline can find, a video it cannot decode, starts with this so that clients can tell it from a failure
+INVALID_VIDEO_PREFIX = "invalid video: "
 PROMPT = "PROMPT"  # the user's prompt text (UTF-8)
 MULTIMODAL_EMBEDDINGS = "MULTIMODAL_EMBEDDINGS"  # [260, llm hidden]: 256 image, 3 feature, 1 CLS tokens
 TEMPERATURE = "TEMPERATURE"

@@ -18,7 +18,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
-from emoserve.model_catalog import A2E_MODELS, WEIGHTS_PARAMETER
+from emoserve.model_catalog import A2E_MODELS, INVALID_VIDEO_PREFIX, WEIGHTS_PARAMETER
 from frontend.errors import ApiError, BadRequest, InferenceFailed, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ def map_triton_error(exc: BaseException, what: str) -> ApiError:
         return ServiceUnavailable(f"{what}: the model is busy (its queue is full); retry shortly")
     if any(marker in message for marker in MODEL_DOWN_MARKERS):  # also when a pipeline quotes it for a model it calls
         return ServiceUnavailable(f"{what}: model not initialised ({message})")
+    if not status and message.startswith(INVALID_VIDEO_PREFIX):  # from a stream, where errors carry no status
+        return BadRequest(message)
     if "INTERNAL" in status:  # a model ran and failed (its message may quote a dependency's error)
         return InferenceFailed(f"{what} failed: {message}")
     if "NOT_FOUND" in status or "must specify the START flag" in message or "is not active" in message:

@@ -20,7 +20,6 @@ from fastapi.responses import StreamingResponse
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.prompts import validate_question
-from emoserve.media import VideoDecodeError, probe_video
 from frontend.config import MEDIA_ROOTS_ENV, Settings
 from frontend.deps import SettingsDep, read_upload, require_api_key
 from frontend.emotion_llama.engine import EmotionLlamaEngine, EngineDep, GenerationEvent
@@ -79,15 +78,6 @@ def resolve_media_path(raw: str, roots: list[Path]) -> Path:
     return real
 
 
-async def checked_video(video: bytes, where: str) -> bytes:
-    """Refuse what is not a decodable video here, with a 400, before any model work starts."""
-    try:
-        await anyio.to_thread.run_sync(probe_video, video)
-    except VideoDecodeError as exc:
-        raise BadRequest(f"invalid video: {exc}", details=where) from None
-    return video
-
-
 async def read_media(raw: str, settings: Settings) -> bytes:
     path = resolve_media_path(raw, settings.emotion_llama.media_roots)
     size = path.stat().st_size
@@ -95,7 +85,13 @@ async def read_media(raw: str, settings: Settings) -> bytes:
         raise PayloadTooLarge(f"video is {size} bytes; the limit is {settings.emotion_llama.max_video_bytes}", details=raw)
     if size == 0:
         raise BadRequest("the video file is empty", details=raw)
-    return await checked_video(await anyio.to_thread.run_sync(path.read_bytes), raw)
+    return await anyio.to_thread.run_sync(path.read_bytes)
+
+
+def naming_the_video(exc: BadRequest, where: str) -> BadRequest:
+    """The pipeline says what is wrong with the video ("invalid video: ..."); the route adds which one it was."""
+    exc.details = exc.details or where
+    return exc
 
 
 def checked_question(question: str, settings: Settings) -> str:
@@ -106,9 +102,14 @@ def checked_question(question: str, settings: Settings) -> str:
     return question
 
 
-async def answer(engine: EmotionLlamaEngine, video: bytes, question: str, sampling: Sampling, settings: Settings) -> GenerationEvent:
-    """The final event of the pipeline's stream (the unary endpoints wait for the whole answer)."""
-    return await engine.generate(video, question, sampling.as_inputs(), settings.emotion_llama.generation_timeout_s)
+async def answer(engine: EmotionLlamaEngine, video: bytes, where: str, question: str, sampling: Sampling,
+                 settings: Settings) -> GenerationEvent:
+    """The final event of the pipeline's stream (the unary endpoints wait for the whole answer). The video is sent
+    unopened: the pipeline decodes it once, and one it cannot decode is its 400."""
+    try:
+        return await engine.generate(video, question, sampling.as_inputs(), settings.emotion_llama.generation_timeout_s)
+    except BadRequest as exc:
+        raise naming_the_video(exc, where) from None
 
 
 def video_answer(event: GenerationEvent, duration: float) -> VideoAnswer:
@@ -129,7 +130,7 @@ async def predict(body: PredictRequest, engine: EngineDep, settings: SettingsDep
     video_path, prompt = body.data
     question = checked_question(prompt, settings)
     video = await read_media(video_path, settings)
-    event = await answer(engine, video, question, body, settings)
+    event = await answer(engine, video, video_path, question, body, settings)
     result = video_answer(event, time.perf_counter() - started)
     metadata = dict(result.metadata, emotion=result.emotion, confidence=result.confidence, label_probs=result.label_probs)
     return PredictResponse(data=[result.response], duration=round(result.duration, 4), metadata=metadata)
@@ -140,7 +141,7 @@ async def process_video(body: VideoQuestion, engine: EngineDep, settings: Settin
     started = time.perf_counter()
     question = checked_question(body.question, settings)
     video = await read_media(body.video_path, settings)
-    return video_answer(await answer(engine, video, question, body, settings), time.perf_counter() - started)
+    return video_answer(await answer(engine, video, body.video_path, question, body, settings), time.perf_counter() - started)
 
 
 @protected.post("/api/v1/emotion-llama/analyze", response_model=VideoAnswer, summary="Upload a video and ask about it")
@@ -158,9 +159,9 @@ async def analyze_upload(
     started = time.perf_counter()
     question = checked_question(question, settings)
     upload = await read_upload(video_file, settings.emotion_llama.max_video_bytes, "video_file")
-    video = await checked_video(upload, video_file.filename or "video_file")
     sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    return video_answer(await answer(engine, video, question, sampling, settings), time.perf_counter() - started)
+    event = await answer(engine, upload, video_file.filename or "video_file", question, sampling, settings)
+    return video_answer(event, time.perf_counter() - started)
 
 
 def _sse(event: str, payload: dict) -> bytes:
@@ -172,18 +173,29 @@ def _sse(event: str, payload: dict) -> bytes:
 async def process_video_stream(body: VideoQuestion, request: Request, engine: EngineDep, settings: SettingsDep) -> StreamingResponse:
     started = time.perf_counter()
     question = checked_question(body.question, settings)
-    video = await read_media(body.video_path, settings)  # bad input fails before the stream starts, with its code
+    video = await read_media(body.video_path, settings)
+    stream = engine.stream(video, question, body.as_inputs(), settings.emotion_llama.generation_timeout_s)
+    try:  # what fails before the first token (a video the pipeline cannot decode, a busy model) keeps its status code
+        first = await anext(stream)
+    except BadRequest as exc:
+        raise naming_the_video(exc, body.video_path) from None
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for event in engine.stream(video, question, body.as_inputs(), settings.emotion_llama.generation_timeout_s):
+            event = first
+            while True:
                 if await request.is_disconnected():
-                    return  # leaving the generator cancels the Triton request
+                    return  # closing the stream cancels the Triton request
                 if event.final:
                     yield _sse("done", video_answer(event, time.perf_counter() - started).model_dump())
-                else:
-                    yield _sse("token", {"delta": event.delta})
+                    return
+                yield _sse("token", {"delta": event.delta})
+                event = await anext(stream)
+        except StopAsyncIteration:
+            return
         except ApiError as exc:
             yield _sse("error", error_body(request, exc.status_code, exc.detail, exc.details))
+        finally:
+            await stream.aclose()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -265,7 +265,13 @@ def test_bad_inputs_get_clear_4xx_and_the_model_keeps_serving(api, media, media_
     finally:
         link.unlink()
     _error(process(media_root), 400, "not a regular file")
-    _error(process(media("notes.mp4", b"just some text, not a video\n" * 20)), 400, "invalid video")
+    not_a_video = b"just some text, not a video\n" * 20
+    # the pipeline decodes each video once, so "invalid video" is its answer, given the route's 400 and the input's name
+    assert _error(process(media("notes.mp4", not_a_video)), 400, "invalid video")["details"].endswith("notes.mp4")
+    uploaded = api.post("/api/v1/emotion-llama/analyze", files={"video_file": ("clip.mp4", not_a_video)}, data={"question": REASON})
+    assert _error(uploaded, 400, "invalid video")["details"] == "clip.mp4"
+    streamed = api.post("/process_video/stream", json={"video_path": str(media("notes2.mp4", not_a_video)), "question": REASON})
+    _error(streamed, 400, "invalid video")  # before the event stream starts, with its status code
     _error(process(media("empty.mp4", b"")), 400, "empty")
     _error(process(SAMPLE_VIDEO, question="   "), 400, "empty")
     _error(process(SAMPLE_VIDEO, question="x" * 5000), 400, "characters")

@@ -6,14 +6,21 @@ stream must be forwarded as it arrives, and a cancelled request must stop the wo
 
 Per request: decode the video in memory (first RGB frame, 16 kHz audio track; a silent second when the
 video has none) → ``emotion_llama_vision`` (256 image tokens + CLS) and ``emotion_llama_audio``
-(FaceMAE, VideoMAE, HuBERT feature tokens) → cat(256, 3, 1) = 260 embeddings → ``emotion_llama_llm``,
-whose ``TEXT_DELTA`` responses are forwarded one by one; the final response adds decode/encode timings.
+(FaceMAE, VideoMAE, HuBERT feature tokens), both at once → cat(256, 3, 1) = 260 embeddings →
+``emotion_llama_llm``, whose ``TEXT_DELTA`` responses are forwarded one by one; the final response adds
+decode/encode timings. The video is decoded here only: the front end sends it unopened, and an undecodable
+one comes back as INVALID_ARG ("invalid video: ...").
+
+The two encoders are separate Triton models with their own processes, so their BLS calls run on two threads
+and overlap (what ``async_exec`` does with its executor, without making ``execute`` a coroutine: the LLM
+stream is forwarded by blocking iteration).
 """
 
 import base64
 import binascii
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -30,6 +37,7 @@ from emoserve.model_catalog import (
     EMOTION_VISION_MODEL,
     FEATURE_TOKENS,
     IMAGE_TOKENS,
+    INVALID_VIDEO_PREFIX,
     MAX_NEW_TOKENS,
     MULTIMODAL_EMBEDDINGS,
     PIXEL_VALUES,
@@ -78,6 +86,11 @@ class TritonPythonModel:
         # HuBERT attends over the whole track, so only its first max_audio_seconds are encoded
         self.max_audio_seconds = typed_parameter(parameters, "max_audio_seconds", float, EMOTION_LLAMA.max_audio_seconds)
         self.logger = pb_utils.Logger
+        # one thread per encoder for each instance: an instance runs one request at a time
+        self.encoder_calls = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emotion_llama_encoder")
+
+    def finalize(self):
+        self.encoder_calls.shutdown(wait=True)
 
     def _multimodal(self, video: bytes) -> tuple[np.ndarray, dict]:
         timings = {}
@@ -85,14 +98,17 @@ class TritonPythonModel:
         try:
             decoded = decode_video(video, max_audio_seconds=self.max_audio_seconds)
         except VideoDecodeError as exc:
-            raise PipelineError(f"invalid video: {exc}") from None
+            raise PipelineError(f"{INVALID_VIDEO_PREFIX}{exc}") from None
         pixels = preprocess_frame(decoded.first_frame)[None]
         audio = decoded.audio if decoded.audio is not None and decoded.audio.size else np.zeros(SAMPLE_RATE, np.float32)
         timings["decode_seconds"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        vision = _bls(EMOTION_VISION_MODEL, [pb_utils.Tensor(PIXEL_VALUES, pixels.astype(np.float32))], [IMAGE_TOKENS, CLS_TOKEN])
-        features = _bls(EMOTION_AUDIO_MODEL, [pb_utils.Tensor(AUDIO_INPUT_VALUES, audio[None].astype(np.float32))], [FEATURE_TOKENS])
+        vision_call = self.encoder_calls.submit(
+            _bls, EMOTION_VISION_MODEL, [pb_utils.Tensor(PIXEL_VALUES, pixels.astype(np.float32))], [IMAGE_TOKENS, CLS_TOKEN])
+        audio_call = self.encoder_calls.submit(
+            _bls, EMOTION_AUDIO_MODEL, [pb_utils.Tensor(AUDIO_INPUT_VALUES, audio[None].astype(np.float32))], [FEATURE_TOKENS])
+        vision, features = vision_call.result(), audio_call.result()
         timings["encode_seconds"] = time.perf_counter() - started
         multimodal = np.concatenate([vision[IMAGE_TOKENS][0], features[FEATURE_TOKENS][0], vision[CLS_TOKEN][0]], axis=0)
         info = {"has_audio_track": decoded.audio is not None, "video_seconds": decoded.duration_s}
