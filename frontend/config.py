@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
@@ -38,6 +38,16 @@ class LamA2ESettings(BaseModel):
     session_idle_timeout_s: float = Field(LAM_A2E.session_idle_timeout_s, gt=0,
                                           description="a session with no chunk for this long is closed")
     session_sweep_interval_s: float = Field(LAM_A2E.session_sweep_interval_s, gt=0)
+    triton_replicas: list[str] = Field(
+        default_factory=list, description="gRPC addresses (host:port) of the Triton replicas serving LAM-A2E, one pooled "
+        "client each (JSON list); a session's chunks go to the replica holding its sequence. Empty: triton_grpc_url only")
+    session_key: SecretStr | None = Field(
+        None, description="HMAC key that signs streaming session ids; the same on every front end so that any of them "
+        "serves any session. Unset: a random key per process (sessions are then this front end's only)")
+
+    def replica_urls(self, triton_grpc_url: str) -> list[str]:
+        """The replicas' gRPC addresses, each once (none set: the one Triton)."""
+        return list(dict.fromkeys(self.triton_replicas)) or [triton_grpc_url]
 
 
 class EmotionLlamaSettings(BaseModel):

@@ -22,8 +22,9 @@ from frontend.hallo2 import router as hallo2
 from frontend.hallo2.engine import Hallo2Engine, TritonHallo2Engine
 from frontend.hallo2.service import Hallo2Service
 from frontend.lam_a2e import router as lam_a2e
-from frontend.lam_a2e.engine import LamA2EEngine, TritonLamA2EEngine
-from frontend.lam_a2e.sessions import SessionRegistry, StreamSession
+from frontend.lam_a2e.engine import LamA2EEngine, Replica, ReplicaSet, TritonLamA2EEngine
+from frontend.lam_a2e.sessions import SessionRegistry
+from frontend.lam_a2e.tokens import SessionTokens
 from frontend.limits import BodyLimit, ConcurrencyLimit, OriginCheck, RateLimit, route_body_limits
 from frontend.observability import install_request_tracking
 from frontend.openapi import install_openapi
@@ -47,17 +48,25 @@ def create_app(
     async def lifespan(app: FastAPI):
         triton = TritonEngine(settings.triton_grpc_url, settings.triton_timeout_s, settings.triton_probe_timeout_s)
         app.state.triton = triton
-        lam = lam_a2e_engine or TritonLamA2EEngine(triton)
-
-        async def end_sequence(session: StreamSession) -> None:
-            await lam.end_sequence(session.correlation_id)
-
-        sessions = SessionRegistry(settings.lam_a2e.max_sessions, settings.lam_a2e.session_idle_timeout_s, end_sequence,
-                                   settings.lam_a2e.max_sessions_per_client)
+        key = settings.lam_a2e.session_key
+        tokens = SessionTokens(key.get_secret_value().encode() if key is not None else None)
+        # LAM-A2E's replicas: one pooled client each (the primary's own when it is one of them)
+        clients = {url: triton if url == settings.triton_grpc_url else
+                   TritonEngine(url, settings.triton_timeout_s, settings.triton_probe_timeout_s)
+                   for url in settings.lam_a2e.replica_urls(settings.triton_grpc_url)}
+        replicas = [Replica(tokens.replica_tag(url), lam_a2e_engine or TritonLamA2EEngine(client)) for url, client in clients.items()]
+        lam = ReplicaSet(replicas)
+        sessions = SessionRegistry(replicas, tokens, settings.lam_a2e.max_sessions, settings.lam_a2e.session_idle_timeout_s,
+                                   settings.lam_a2e.max_sessions_per_client,
+                                   recheck_after_s=2 * settings.lam_a2e.session_sweep_interval_s)
         app.state.lam_a2e_engine, app.state.sessions = lam, sessions
         app.state.emotion_llama_engine = emotion_llama_engine or TritonEmotionLlamaEngine(triton)
         sweeper = asyncio.create_task(sessions.sweep_forever(settings.lam_a2e.session_sweep_interval_s))
         log.info("front end connected to Triton gRPC at %s", settings.triton_grpc_url)
+        if len(replicas) > 1:
+            log.info("LAM-A2E streaming sessions over %d Triton replicas", len(replicas))
+            if tokens.ephemeral:
+                log.warning("EMOSERVE_LAM_A2E__SESSION_KEY is unset: streaming sessions are served only by this front end")
         tasks = Hallo2Service(settings.hallo2, hallo2_engine or TritonHallo2Engine(
             triton, task_timeout_s=settings.hallo2.task_timeout_s, progress_timeout_s=settings.hallo2.progress_timeout_s))
         try:
@@ -71,7 +80,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await sessions.close_all()
-            await triton.close()
+            for client in {triton, *clients.values()}:
+                await client.close()
             app.state.lam_a2e_engine = app.state.emotion_llama_engine = app.state.triton = app.state.sessions = None
 
     app = FastAPI(

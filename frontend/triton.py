@@ -162,6 +162,14 @@ class TritonEngine:
                 states[entry["name"]] = state
         return states
 
+    async def server_live(self) -> bool:
+        """Whether the server answers its liveness probe within ``probe_timeout_s`` (not whether its models are ready)."""
+        try:
+            return bool(await self.client.is_server_live(client_timeout=self.probe_timeout_s))
+        except InferenceServerException as exc:
+            log.debug("Triton liveness probe: %s", exc)
+            return False
+
     async def models_ready(self, models=A2E_MODELS) -> bool:
         states = await self.model_states()
         return all(states.get(model) == "READY" for model in models)

@@ -1,8 +1,11 @@
 """LAM-A2E's model calls: :class:`LamA2EEngine` is what the router needs, :class:`TritonLamA2EEngine` makes
-those calls to Triton (``lam_a2e_offline`` for whole files, the ``lam_a2e_stream`` sequence per session)."""
+those calls to one Triton (``lam_a2e_offline`` for whole files, the ``lam_a2e_stream`` sequence per session), and
+:class:`ReplicaSet` spreads them over several Triton replicas (a session's chunks go to the replica of its sequence:
+``frontend/lam_a2e/sessions.py``)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
@@ -50,8 +53,16 @@ class LamA2EEngine(Protocol):
     async def stream_chunk(self, correlation_id: int, audio: np.ndarray, *, start: bool, end: bool = False, id_idx: int = 0,
                            movement_smooth: bool = False, brow_movement: bool = False, seed: int | None = None) -> StreamChunkOutput: ...
 
+    async def start_sequence(self, correlation_id: int, id_idx: int, movement_smooth: bool, brow_movement: bool, seed: int) -> None:
+        """Start a session's sequence with no audio: the replica keeps its options from then on."""
+        ...
+
     async def end_sequence(self, correlation_id: int) -> None:
         """End a session's sequence (frees the model's per-sequence context)."""
+        ...
+
+    async def live(self) -> bool:
+        """Whether the inference server answers at all (False: it is gone, and the sequences it held with it)."""
         ...
 
 
@@ -120,12 +131,57 @@ class TritonLamA2EEngine:
             chunk_index=int(result.as_numpy(CHUNK_INDEX).reshape(-1)[0]),
         )
 
+    async def start_sequence(self, correlation_id: int, id_idx: int, movement_smooth: bool, brow_movement: bool, seed: int) -> None:
+        await self.stream_chunk(correlation_id, np.zeros(0, np.float32), start=True, id_idx=id_idx,
+                                movement_smooth=movement_smooth, brow_movement=brow_movement, seed=seed)
+
     async def end_sequence(self, correlation_id: int) -> None:
         await self.stream_chunk(correlation_id, np.zeros(0, np.float32), start=False, end=True)
 
+    async def live(self) -> bool:
+        return await self.triton.server_live()
 
-def get_engine(request: Request) -> LamA2EEngine:
+
+@dataclass(eq=False)
+class Replica:
+    """One Triton replica serving LAM-A2E: its pooled client's engine, and the tag session ids name it by."""
+
+    tag: bytes
+    engine: LamA2EEngine
+
+
+class ReplicaSet:
+    """The router's engine over every replica: ready when one is; whole files go round the ready ones."""
+
+    def __init__(self, replicas: list[Replica]):
+        if not replicas:
+            raise ValueError("LAM-A2E needs at least one Triton replica")
+        self.replicas = replicas
+        self._turn = itertools.count()
+
+    async def ready_replicas(self) -> list[Replica]:
+        return [replica for replica in self.replicas if await replica.engine.ready()]
+
+    async def _one(self) -> Replica:
+        ready = await self.ready_replicas()
+        return ready[next(self._turn) % len(ready)] if ready else self.replicas[0]
+
+    async def ready(self) -> bool:
+        return bool(await self.ready_replicas())
+
+    async def gpu_available(self) -> bool:
+        return await (await self._one()).engine.gpu_available()
+
+    async def weights(self) -> str:
+        return await (await self._one()).engine.weights()
+
+    async def infer_whole_audio(self, audio: np.ndarray, id_idx: int, movement_smooth: bool, brow_movement: bool,
+                                seed: int = 0) -> np.ndarray:
+        return await (await self._one()).engine.infer_whole_audio(audio, id_idx, movement_smooth, brow_movement, seed)
+
+
+def get_engine(request: Request) -> ReplicaSet:
     return engine_from_state(request, "lam_a2e_engine")
 
 
-EngineDep = Annotated[LamA2EEngine, Depends(get_engine)]
+EngineDep = Annotated[ReplicaSet, Depends(get_engine)]

@@ -24,7 +24,7 @@ from emoserve.audio import (
 from emoserve.constants import ARKIT_BLENDSHAPE_NAMES, FPS, NUM_BLENDSHAPES, NUM_IDENTITIES, SAMPLE_RATE
 from emoserve.lam_a2e.defaults import LAM_A2E
 from frontend.deps import SettingsDep, client_key, engine_from_state, read_upload, require_api_key
-from frontend.errors import BadRequest, DetailError, NotFound, ServiceUnavailable, documented_errors
+from frontend.errors import BadRequest, DetailError, ServiceUnavailable, documented_errors
 from frontend.lam_a2e.engine import EngineDep
 from frontend.lam_a2e.schemas import (
     Frame,
@@ -169,7 +169,7 @@ async def stream_init(request: Request, sessions: SessionsDep, engine: EngineDep
 
 @protected.post("/infer_stream_chunk", response_model=StreamChunkResponse)
 async def stream_chunk(
-    engine: EngineDep,
+    request: Request,
     sessions: SessionsDep,
     settings: SettingsDep,
     raw: RawPcmDep,
@@ -177,30 +177,11 @@ async def stream_chunk(
     audio_chunk: Annotated[UploadFile, File(description="about 1 s of audio (0.5-2 s recommended): an audio file, or raw "
                                                         "PCM samples such as a microphone's s16le 16 kHz mono frames")],
 ) -> StreamChunkResponse:
-    session = sessions.get(session_id)
+    sessions.get(session_id, adopt=False)  # 404 before reading the upload
     data = await read_upload(audio_chunk, settings.lam_a2e.max_chunk_bytes, "audio_chunk")
     audio = await decode_upload(data, False, settings.lam_a2e.max_chunk_seconds, "audio_chunk", raw)
-    async with session.lock:
-        session = sessions.get(session_id)  # it may have been closed while this chunk waited
-        started = time.perf_counter()
-        try:
-            output = await engine.stream_chunk(
-                session.correlation_id,
-                audio,
-                start=not session.started,
-                id_idx=session.id_idx,
-                movement_smooth=session.movement_smooth,
-                brow_movement=session.brow_movement,
-                seed=session.seed,
-            )
-        except NotFound:
-            await sessions.forget(session)
-            raise NotFound(f"session {session_id} expired on the inference server; start a new session") from None
-        elapsed = time.perf_counter() - started
-        session.started = True
-        session.chunks = output.chunk_index
-        session.last_used = time.monotonic()
-    weights = await engine.weights()
+    session, output, elapsed = await sessions.chunk(session_id, audio, client=client_key(request))
+    weights = await session.replica.engine.weights()
     return StreamChunkResponse(
         names=list(ARKIT_BLENDSHAPE_NAMES),
         metadata=StreamMetadata(

@@ -15,7 +15,8 @@ from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_OFFLINE_MODEL, A2E_STR
 from stack.triton_server import TritonServer, TritonServerOptions
 from tests.conftest import FrontendProcess, free_port, speech_like
 
-TRITON_IDLE_TIMEOUT_S = 1.0
+# a session's sequence starts at its init, so this is also the longest a test may pause between two calls of a session
+TRITON_IDLE_TIMEOUT_S = 3.0
 MAX_QUEUE_SIZE = 1
 
 
@@ -70,12 +71,12 @@ def _chunk(frontend: FrontendProcess, session: str) -> httpx.Response:
 
 def test_a_network_that_fails_inside_the_pipeline_is_500_and_recovers(explicit_triton, fault_frontend):
     control = httpclient.InferenceServerClient(explicit_triton.http_url)
-    session = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={}).json()["session_id"]
     model_file = explicit_triton.options.model_repository / A2E_NETWORK_MODEL / "1" / "model.py"
     served = model_file.read_bytes()
     model_file.write_bytes(FAILING_NETWORK)  # this module's own repository: a reload serves the failing network
     control.load_model(A2E_NETWORK_MODEL)
     model_file.write_bytes(served)
+    session = httpx.post(f"{fault_frontend.base_url}/api/infer_stream_init", json={}).json()["session_id"]
     try:
         response = _infer(fault_frontend)
         assert response.status_code == 500, response.text

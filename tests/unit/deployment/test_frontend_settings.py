@@ -46,6 +46,16 @@ def test_nested_settings_from_the_environment(monkeypatch):
     assert settings.lam_a2e.max_upload_bytes == 1234
 
 
+def test_lam_a2e_replicas_and_session_key_from_the_environment(monkeypatch):
+    assert Settings().lam_a2e.replica_urls("127.0.0.1:8001") == ["127.0.0.1:8001"]  # make run: the one Triton
+    assert Settings().lam_a2e.session_key is None
+    monkeypatch.setenv("EMOSERVE_LAM_A2E__TRITON_REPLICAS", '["triton-0.triton-headless:8001", "triton-1.triton-headless:8001"]')
+    monkeypatch.setenv("EMOSERVE_LAM_A2E__SESSION_KEY", "s3cret")
+    settings = load_settings()
+    assert settings.lam_a2e.replica_urls(settings.triton_grpc_url) == ["triton-0.triton-headless:8001", "triton-1.triton-headless:8001"]
+    assert settings.lam_a2e.session_key.get_secret_value() == "s3cret" and "s3cret" not in repr(settings)
+
+
 def test_defaults_are_the_models_own():
     settings = Settings()
     assert settings.lam_a2e.max_audio_seconds == LAM_A2E.max_audio_seconds == 600.0

@@ -84,3 +84,23 @@ def test_front_ends_queue_and_workers_run_tasks_sharing_one_database_and_folder(
     frontend = by_kind("Deployment")["frontend"]["spec"]["template"]["spec"]["containers"][0]
     assert {item["name"]: item for item in frontend["env"]}["EMOSERVE_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "api-key"
     assert frontend["readinessProbe"]["httpGet"]["path"] == "/readyz" and frontend["livenessProbe"]["httpGet"]["path"] == "/livez"
+
+
+def test_front_ends_reach_every_triton_pod_by_name_and_share_the_session_signing_key():
+    """LAM-A2E streaming across replicas: the replica list names each StatefulSet pod, and the key is the Secret's."""
+    import json
+
+    from frontend.config import Settings
+
+    triton = by_kind("StatefulSet")["triton"]
+    config = by_kind("ConfigMap")["emoserve"]["data"]
+    service = triton["spec"]["serviceName"]
+    expected = [f"{triton['metadata']['name']}-{i}.{service}:8001" for i in range(triton["spec"]["replicas"])]
+    assert json.loads(config["EMOSERVE_LAM_A2E__TRITON_REPLICAS"]) == expected
+    assert by_kind("Service")[service]["spec"]["clusterIP"] == "None"  # headless: one DNS name per pod
+    frontend = by_kind("Deployment")["frontend"]["spec"]["template"]["spec"]["containers"][0]
+    key = {item["name"]: item for item in frontend["env"]}["EMOSERVE_LAM_A2E__SESSION_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key["name"] == "emoserve" and key["key"] in by_kind("Secret")["emoserve"]["stringData"]
+    # the ConfigMap's value parses as the front end's setting
+    settings = Settings(lam_a2e={"triton_replicas": json.loads(config["EMOSERVE_LAM_A2E__TRITON_REPLICAS"])})
+    assert settings.lam_a2e.replica_urls(config["EMOSERVE_TRITON_GRPC_URL"]) == expected
