@@ -85,7 +85,8 @@ def experiments(quick: bool) -> list[Experiment]:
         Variant("no batching delay", (("stream_queue_delay_us", 0),)),
         Variant("4 candidate sequences", (("stream_candidate_sequences", 4),)),
     ]
-    llm = [DEFAULTS, Variant("no batching delay", (("llm_queue_delay_us", 0),))]
+    # the decode loop batches per step, so its default has no delay; 20 ms was the default of per-execute batching
+    llm = [DEFAULTS, Variant("20 ms batching delay", (("llm_queue_delay_us", 20000),))]
     if not quick:
         a2e_network += [Variant("2 ms batching delay", (("network_queue_delay_us", 2000),)),
                         Variant("1 instance x 1 thread", (("onnx_threads", 1),))]
@@ -102,7 +103,7 @@ def experiments(quick: bool) -> list[Experiment]:
                    A2E_STREAM_MODEL, "sequence", 8, ("lam_a2e",),
                    ("stream_queue_delay_us", "stream_max_batch", "stream_candidate_sequences"), tuple(stream),
                    requests_per_client=4 * pa.SEQUENCE_LENGTH if quick else 2 * pa.SEQUENCE_LENGTH),
-        Experiment("llm", "Emotion-LLaMA LLM: dynamic-batching delay (requests decoding together)",
+        Experiment("llm", "Emotion-LLaMA LLM: dynamic-batching delay in front of the continuous-batching decode loop",
                    LLM_MODEL, "decoupled", 4, ("emotion_llama",), ("llm_queue_delay_us",), tuple(llm),
                    requests_per_client=12 if quick else 4),
     ]
