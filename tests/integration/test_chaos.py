@@ -100,7 +100,10 @@ def test_a_triton_that_is_gone_or_hangs_is_503_in_each_api_format(fault, hung_tr
                 assert time.monotonic() - started < 10, f"{route} took {time.monotonic() - started:.1f}s"
                 assert_no_internals(answer.text, port)
             stream = api.post("/process_video/stream", json={"video_path": VIDEO, "question": "hi"})
-            assert stream.status_code == 200 and stream.text.startswith("event: error\n") and '"code": 503' in stream.text
+            # a failure before the first token is the route's status, not an error event in a 200 stream
+            assert stream.status_code == 503 and set(stream.json()) == {"error", "code", "details"}, stream.text
+            assert int(stream.headers["retry-after"]) > 0
+            assert_no_internals(stream.text, port)
             for health in ("/api/health", "/health", "/api/v1/health", "/readyz"):
                 started = time.monotonic()
                 answer = api.get(health)
