@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 from emoserve.audio import encode_wav
 from emoserve.model_catalog import A2E_NETWORK_MODEL, A2E_OFFLINE_MODEL, A2E_STREAM_MODEL
 from stack.triton_server import TritonServer, TritonServerOptions
-from tests.conftest import FrontendProcess, free_port, speech_like
+from tests.conftest import FrontendProcess, free_port, speech_like, wait_until
 
 # a session's sequence starts at its init, so this is also the longest a test may pause between two calls of a session
 TRITON_IDLE_TIMEOUT_S = 3.0
@@ -127,7 +127,9 @@ def test_sequence_expired_inside_triton_is_404_and_frees_the_rest_session(fault_
     import time
 
     base = fault_frontend.base_url
-    before = httpx.get(f"{base}/api/health").json()["sessions"]
+    # the earlier tests' sessions expired inside Triton too: the sweep rechecks quiet sessions and frees them
+    wait_until(lambda: httpx.get(f"{base}/api/health").json()["sessions"] == 0, 40, "the earlier tests' sessions freed")
+    before = 0
     session = httpx.post(f"{base}/api/infer_stream_init", json={}).json()["session_id"]
 
     def chunk() -> httpx.Response:
