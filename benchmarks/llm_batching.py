@@ -1,7 +1,8 @@
 """Continuous batching in ``emotion_llama_llm`` (the default SmolLM2 build), measured over Triton gRPC streaming.
 
 Calls the LLM model directly (fixed random multimodal embeddings, greedy decoding), so the figures are the LLM's
-own and not the encoders':
+own and not the encoders'. Every request generates exactly its ``MAX_NEW_TOKENS`` (``MIN_NEW_TOKENS`` equal to it:
+EOS ignored, as vLLM's benchmarks do), so tokens/s measures decoding, not answers that happened to end early:
 
 * total generated tokens/s with 1 and with 4 closed-loop clients (each sends its next request when its
   previous one is answered),
@@ -28,7 +29,6 @@ from benchmarks.common import WORK_DIR, build, load_average, triton_server
 
 log = logging.getLogger("benchmarks.llm_batching")
 
-# long answers: tokens/s should measure decoding, not answers cut short by EOS
 LONG_QUESTION = "Describe in great detail, step by step and at length, everything a person might feel on their first day at a new job."
 SHORT_QUESTION = "The person in video says: Why are you looking at me like this?  [reason] What is the emotional state?"
 
@@ -50,6 +50,7 @@ def stream_request(grpc_url: str, hidden: int, question: str, max_new_tokens: in
     from emoserve.model_catalog import (
         EMOTION_LLM_MODEL,
         MAX_NEW_TOKENS,
+        MIN_NEW_TOKENS,
         MULTIMODAL_EMBEDDINGS,
         PROMPT,
         RESULT_METADATA,
@@ -67,7 +68,8 @@ def stream_request(grpc_url: str, hidden: int, question: str, max_new_tokens: in
         for name, array, datatype in ((MULTIMODAL_EMBEDDINGS, multimodal, "FP32"),
                                       (PROMPT, np.array([[question.encode()]], dtype=np.object_), "BYTES"),
                                       (TEMPERATURE, np.array([[0.0]], np.float32), "FP32"),
-                                      (MAX_NEW_TOKENS, np.array([[max_new_tokens]], np.int32), "INT32")):
+                                      (MAX_NEW_TOKENS, np.array([[max_new_tokens]], np.int32), "INT32"),
+                                      (MIN_NEW_TOKENS, np.array([[max_new_tokens]], np.int32), "INT32")):
             tensor = grpcclient.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)

@@ -41,6 +41,8 @@ TEMPERATURE = "TEMPERATURE"
 TOP_P = "TOP_P"
 REPETITION_PENALTY = "REPETITION_PENALTY"
 MAX_NEW_TOKENS = "MAX_NEW_TOKENS"
+# emotion_llama_llm only: EOS is ignored until this many tokens exist (fixed-length load tests, like vLLM's min_tokens)
+MIN_NEW_TOKENS = "MIN_NEW_TOKENS"
 TEXT_DELTA = "TEXT_DELTA"  # streamed: the text added by this response
 TEXT = "TEXT"  # final response: the whole answer
 TOKEN_IDS = "TOKEN_IDS"  # final response: generated token ids

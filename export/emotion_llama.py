@@ -39,6 +39,7 @@ from emoserve.model_catalog import (
     FEATURE_TOKENS,
     IMAGE_TOKENS,
     MAX_NEW_TOKENS,
+    MIN_NEW_TOKENS,
     MULTIMODAL_EMBEDDINGS,
     PIXEL_VALUES,
     PROMPT,
@@ -275,7 +276,7 @@ def _llm_base() -> ModelConfig:
     config = python_model(
         EMOTION_LLM_MODEL,
         inputs=[input_tensor(MULTIMODAL_EMBEDDINGS, FP32, [-1, -1]), input_tensor(PROMPT, STRING, [1]),
-                *optional_scalars(*SAMPLING_INPUTS)],
+                *optional_scalars(*SAMPLING_INPUTS, (MIN_NEW_TOKENS, INT32))],
         outputs=_text_outputs(),
         decoupled=True,
     )

@@ -34,6 +34,7 @@ from emoserve.emotion_llama.engine import (
 from emoserve.emotion_llama.generation import SamplingParams
 from emoserve.model_catalog import (
     MAX_NEW_TOKENS,
+    MIN_NEW_TOKENS,
     MULTIMODAL_EMBEDDINGS,
     PROMPT,
     REPETITION_PENALTY,
@@ -106,6 +107,7 @@ class TritonPythonModel:
                 repetition_penalty=scalar_input(pb_utils, request, REPETITION_PENALTY, float, defaults.repetition_penalty),
                 max_new_tokens=max_new_tokens,
                 seed=scalar_input(pb_utils, request, SEED, int, None),
+                min_new_tokens=scalar_input(pb_utils, request, MIN_NEW_TOKENS, int, defaults.min_new_tokens),
             )
         except ValueError as exc:
             raise EngineRequestError(str(exc)) from None
