@@ -28,6 +28,7 @@ from emoserve.emotion_llama.scheduler import (
     SequenceCallbacks,
     SequenceResult,
 )
+from emoserve.emotion_llama.skinny_gemm import use_skinny_gemm
 
 __all__ = ["EmotionLlamaEngine", "EngineRequest", "EngineRequestError", "EngineResult", "SchedulerFull", "SchedulerStopped"]
 
@@ -95,6 +96,8 @@ class EmotionLlamaEngine:
     ):
         self.model, self.tokenizer, self.family = load_llm(folder)
         self.model.to(device)
+        if device == "cpu":  # decode steps are memory-bound: read the weights at the machine's bandwidth
+            use_skinny_gemm(self.model)
         self.device = device
         self.hidden_size = int(self.model.config.hidden_size)
         self.max_question_chars = max_question_chars
