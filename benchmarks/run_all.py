@@ -1,12 +1,12 @@
 """Every benchmark in one command, one results file.
 
-    python -m benchmarks.run_all            # all four steps, full variant: ~35 min on 2 cores (make bench)
-    python -m benchmarks.run_all --quick    # the same, each in its quick variant: ~15 min
+    python -m benchmarks.run_all            # every step, full variant: ~55 min on 2 cores (make bench)
+    python -m benchmarks.run_all --quick    # the same, each in its quick variant: ~20 min
 
-Runs ``benchmarks.perf_analyzer``, ``benchmarks.floor``, ``benchmarks.tuning`` and ``benchmarks.rest_load`` one after
-the other (each starts and stops its own tritonserver; ``--quick`` is passed on; each has a wall-clock timeout and a
-failed step is reported, not fatal), then writes ``benchmarks/RESULTS.md`` (``--out``): machine, versions, date, the
-exact commands and every report's headline sections. Logs: ``benchmarks/.work/logs/run_all-<step>.log``.
+Runs ``benchmarks.perf_analyzer``, ``floor``, ``tuning``, ``rest_load``, ``recovery``, ``llm_decode``, ``llm_batching``
+and ``scale_out`` one after the other (each starts and stops its own servers; ``--quick`` is passed on; each has a
+wall-clock timeout and a failed step is reported, not fatal), then writes ``benchmarks/RESULTS.md`` (``--out``):
+machine, versions, date, the exact commands and every report's headline sections. Logs: ``benchmarks/.work/logs/run_all-<step>.log``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from benchmarks import common as c
 log = logging.getLogger("run_all")
 
 DEFAULT_OUT = c.PROJECT_ROOT / "benchmarks" / "RESULTS.md"
-STEP_NAMES = ("perf_analyzer", "floor", "tuning", "rest_load", "recovery")
+STEP_NAMES = ("perf_analyzer", "floor", "tuning", "rest_load", "recovery", "llm_decode", "llm_batching", "scale_out")
 
 
 @dataclass
@@ -69,6 +69,12 @@ def steps(quick: bool) -> list[Step]:
              600.0 if quick else 1260.0, ("1. REST / Triton-direct", "Summary"), ("1. REST / Triton-direct",)),
         Step("recovery", "Recovery — time to serve again after each fault", c.RESULTS_DIR / f"recovery{q}.md",
              300.0 if quick else 600.0, ("Summary",), ("Summary",), ("seconds to recover, median / max",)),
+        Step("llm_decode", "LLM decode step — bandwidth floor and lower-precision weights", c.RESULTS_DIR / f"llm-decode{q}.md",
+             300.0 if quick else 600.0, ("Summary", "Decode step", "Quality gate"), ("Summary",)),
+        Step("llm_batching", "LLM continuous batching — throughput, late joiners, floor", c.RESULTS_DIR / f"llm-batching{q}.md",
+             300.0 if quick else 900.0, ("Summary", "Throughput"), ("Summary",), ("measured", "met")),
+        Step("scale_out", "Scale-out — LAM-A2E streams, 1 vs 2 Triton replicas behind 2 front ends",
+             c.RESULTS_DIR / f"scale-out{q}.md", 300.0 if quick else 600.0, ("Summary",), ("Summary",)),
     ]
 
 

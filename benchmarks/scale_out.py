@@ -1,7 +1,7 @@
 """LAM-A2E streaming capacity with 1 vs 2 Triton replicas behind 2 front ends (the scale-out layout of README).
 
     python -m benchmarks.scale_out                   # full A2E profile, 1, 2, 1, 2 replicas, sessions 1..8: ~6 min
-    python -m benchmarks.scale_out --profile tiny --levels 1 4 8 --chunks 4     # a quick check: ~2 min
+    python -m benchmarks.scale_out --quick           # tiny profile, 1 4 8 sessions, 4 chunks, 1 and 2 replicas: ~2 min
 
 For each topology it starts the Triton replicas (lam_a2e slice only, one repository) and two front ends, each
 configured with every replica and one signing key, then runs a ladder of session counts: every session is paced like
@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 1, 2],
                         help="topologies in order (each is measured again to show the machine's run-to-run noise)")
     parser.add_argument("--out", default=str(c.RESULTS_DIR / "scale-out.md"))
+    parser.add_argument("--quick", action="store_true", help="tiny profile, 1 4 8 sessions, 4 chunks, 1 and 2 replicas once")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.profile, args.levels, args.chunks, args.replicas = "tiny", [1, 4, 8], 4, [1, 2]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     c.raise_on_sigterm()
     from export.build_repository import BuildSettings

@@ -4,9 +4,10 @@ A decode step multiplies every weight matrix by one row per running sequence, so
 the weights once (memory-bound). On CPU, ``F.linear(x, W)`` (``x @ W.T``) with a handful of rows reaches only
 about a third of the machine's read bandwidth, while the same product computed as ``torch.mm(W, x.T)`` reads
 the weights close to it once ``x`` has at least two rows; with one row torch takes a matrix-vector path
-that is as slow as ``F.linear``, so a single row is doubled. Measured on this project's 2-core machine for
-SmolLM2-135M (all 211 linear layers, ``python -m benchmarks.llm_decode``): 1 row 45 -> 18 ms, 4 rows
-66 -> 24 ms. Prefill (hundreds of rows, compute-bound) keeps ``F.linear``.
+that is as slow as ``F.linear``, so a single row is doubled. On the 2-core machine this project is benchmarked
+on, SmolLM2-135M's 211 linear layers take 48 -> 32 ms for 1 row, 80 -> 31 ms for 2, 75 -> 43 ms for 4
+(``python -m benchmarks.llm_decode``); from about 8 rows ``F.linear`` is as fast or faster, and prefill (hundreds
+of rows, compute-bound) keeps it.
 
 The results equal ``F.linear``'s up to float reassociation (the tests bound the difference); the weights are
 the same ``Parameter`` objects, so tied embeddings stay tied and nothing is copied.
@@ -18,8 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: above this many rows the product is compute-bound and F.linear's GEMM is as fast or faster
-MAX_SKINNY_ROWS = 16
+#: above this many rows F.linear's GEMM is as fast or faster (measured: 6 rows still win, 8 lose)
+MAX_SKINNY_ROWS = 6
+
+
+def skinny_mm(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``rows @ weight.T`` (``[n, in] x [out, in] -> [n, out]``, contiguous) computed as ``weight @ rows.T``."""
+    n = rows.shape[0]
+    if n == 1:  # one row takes torch's slow matrix-vector path: two identical rows take the fast one
+        rows = torch.cat([rows, rows])
+    return torch.mm(weight, rows.t()).t()[:n].contiguous()
 
 
 class SkinnyGemmLinear(nn.Module):
@@ -35,10 +44,7 @@ class SkinnyGemmLinear(nn.Module):
         rows = x.numel() // self.in_features if x.numel() else 0
         if rows == 0 or rows > MAX_SKINNY_ROWS or x.device.type != "cpu":
             return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, self.in_features)
-        if rows == 1:  # one row takes torch's slow matrix-vector path: two identical rows take the fast one
-            flat = torch.cat([flat, flat])
-        out = torch.mm(self.weight, flat.t()).t()[:rows].contiguous()
+        out = skinny_mm(x.reshape(rows, self.in_features), self.weight)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
