@@ -25,6 +25,13 @@ Claims and leases
     ``heartbeat_at`` every ``heartbeat_interval_s``, and a task whose heartbeat is older than ``stale_after_s``
     (its worker died) is taken back by any other worker's sweep (:meth:`TaskStore.requeue_stale`) and runs again.
 
+Clocks
+    The rows' timestamps (``created_at``, ``updated_at``, ``heartbeat_at``) are the database's clock, computed in SQL
+    by :class:`db_now`, and every comparison against them ("heartbeat older than ``stale_after_s``", "finished more
+    than ``older_than_s`` ago") is computed in SQL too, by :class:`db_ago`: a worker's own clock decides no lease, so
+    workers on machines whose clocks disagree neither take over live tasks nor keep dead ones. Only the text of the
+    log lines carries the writing process's clock (:func:`utcnow`).
+
 Statuses: ``queued`` → ``processing`` → ``completed`` | ``failed`` | ``cancelled`` (``cancelled`` is the
 fifth value, answered by ``DELETE /api/v1/tasks/{id}``; the document lists the other four).
 """
@@ -37,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +58,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -60,9 +68,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import CompileError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.expression import FunctionElement
 
 from emoserve.hallo2.defaults import HALLO2
 from frontend.errors import ServiceUnavailable
@@ -90,6 +100,56 @@ def iso_utc(moment: datetime | None) -> str | None:
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment.isoformat(timespec="seconds") + "Z"
+
+
+class db_now(FunctionElement):
+    """The database's clock as naive UTC (how the ``DateTime`` columns hold it), in SQL: PostgreSQL's ``now()`` (the
+    transaction's start) at UTC; on SQLite ``strftime('%Y-%m-%d %H:%M:%f', 'now')``, UTC text to the millisecond
+    (``CURRENT_TIMESTAMP`` has whole seconds only), the same text form as the values SQLAlchemy writes there."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+class db_ago(FunctionElement):
+    """The database's clock ``seconds`` ago, in SQL (compared against a column, the comparison is the database's)."""
+
+    type = DateTime()
+    inherit_cache = True
+
+    def __init__(self, seconds: float):
+        super().__init__(bindparam(None, float(seconds), type_=Float()))
+
+
+@compiles(db_now)
+def _db_now_default(element, compiler, **kw) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element, compiler, **kw) -> str:
+    return "timezone('UTC', now())"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element, compiler, **kw) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+@compiles(db_ago)
+def _db_ago_default(element, compiler, **kw) -> str:
+    raise CompileError(f"db_ago has no SQL for the {compiler.dialect.name} dialect (SQLite and PostgreSQL only)")
+
+
+@compiles(db_ago, "postgresql")
+def _db_ago_postgresql(element, compiler, **kw) -> str:
+    return f"(timezone('UTC', now()) - make_interval(secs => CAST({compiler.process(element.clauses, **kw)} AS DOUBLE PRECISION)))"
+
+
+@compiles(db_ago, "sqlite")
+def _db_ago_sqlite(element, compiler, **kw) -> str:
+    # julian days, as SQLite counts them internally (milliseconds); the text compares with the stored values'
+    return f"strftime('%Y-%m-%d %H:%M:%f', julianday('now') - ({compiler.process(element.clauses, **kw)}) / 86400.0)"
 
 
 def log_line(message: str, level: str = "INFO") -> str:
@@ -270,7 +330,7 @@ class TaskStore:
         try:  # inputs first: a queued row always has its files
             image_path = self.files.write(task_id, f"image.{image_ext}", image)
             audio_path = self.files.write(task_id, f"audio.{audio_ext}", audio)
-            now = utcnow()
+            now = db_now()
             row = TaskRow(
                 task_id=task_id, status=QUEUED, progress=0, status_message="Task queued", error=None, result=None,
                 logs=log_line(f"Task queued (image {len(image)} bytes, audio {len(audio)} bytes, use_cache={use_cache}, "
@@ -329,11 +389,11 @@ class TaskStore:
         finished ones while all task folders together exceed ``max_bytes``. Queued and running tasks are never touched.
         Files without a row, older than ``orphan_after_s`` (a process died between writing the inputs and the row),
         go too."""
-        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        old = (TaskRow.updated_at < db_ago(older_than_s)).label("old")  # the database's clock decides
         with Session(self.engine) as session:
-            finished = session.execute(select(TaskRow.task_id, TaskRow.updated_at).where(TaskRow.status.in_(FINISHED))
+            finished = session.execute(select(TaskRow.task_id, old).where(TaskRow.status.in_(FINISHED))
                                        .order_by(TaskRow.updated_at, TaskRow.id)).all()
-        expired = [task_id for task_id, updated_at in finished if updated_at < cutoff]
+        expired = [task_id for task_id, is_old in finished if is_old]
         usage = self.files.usage()
         self._remove_orphans(usage, orphan_after_s)
         if max_bytes is not None:
@@ -370,7 +430,7 @@ class TaskStore:
     # -- guarded state changes --------------------------------------------------------------------------
 
     def _update(self, task_id: str, where: tuple, values: dict, log_message: str | None = None, level: str = "INFO") -> bool:
-        values = dict(values, updated_at=utcnow())
+        values = dict(values, updated_at=db_now())
         if log_message:
             values["logs"] = func.coalesce(TaskRow.logs, "") + log_line(log_message, level)  # appended in SQL, no read-modify-write
         with Session(self.engine) as session, session.begin():
@@ -392,7 +452,7 @@ class TaskStore:
 
     async def update_progress(self, task_id: str, worker_id: str, progress: int, message: str | None = None, log: bool = True) -> bool:
         """False when the task is no longer this worker's (cancelled, or re-queued): the worker then stops."""
-        values: dict[str, Any] = {"progress": max(0, min(100, int(progress))), "heartbeat_at": utcnow()}
+        values: dict[str, Any] = {"progress": max(0, min(100, int(progress))), "heartbeat_at": db_now()}
         if message is not None:
             values["status_message"] = message[:500]
         return await self._run(self._update, task_id, self._owned(worker_id), values, message if (log and message) else None)
@@ -402,7 +462,7 @@ class TaskStore:
         # (whose dialect renders no FOR UPDATE); the outer status guard keeps it exact should either ever differ
         oldest = (select(TaskRow.id).where(TaskRow.status == QUEUED).order_by(TaskRow.created_at, TaskRow.id).limit(1)
                   .with_for_update(skip_locked=True).scalar_subquery())
-        now = utcnow()
+        now = db_now()  # the lease starts on the database's clock
         with Session(self.engine) as session, session.begin():
             claimed = session.execute(
                 update(TaskRow).where(TaskRow.id == oldest, TaskRow.status == QUEUED).values(
@@ -479,7 +539,7 @@ class TaskStore:
     def _heartbeat(self, task_ids: list[str], worker_id: str) -> list[str]:
         """Refresh the heartbeats; answer the ids that are no longer this worker's (to be stopped)."""
         lost = []
-        now = utcnow()
+        now = db_now()  # renewed on the database's clock
         for task_id in task_ids:
             with Session(self.engine) as session, session.begin():
                 kept = session.execute(update(TaskRow).where(TaskRow.task_id == task_id, *self._owned(worker_id))
@@ -495,18 +555,17 @@ class TaskStore:
 
     def _requeue_stale(self, stale_after_s: float, exclude_worker: str | None) -> RecoveryReport:
         report = RecoveryReport()
-        deadline = utcnow() - timedelta(seconds=stale_after_s)
-        query = select(TaskRow.task_id, TaskRow.attempts, TaskRow.claimed_by, TaskRow.heartbeat_at).where(TaskRow.status == PROCESSING)
+        # silent for stale_after_s by the database's clock (the caller's clock plays no part); the others are alive
+        silent_now = or_(TaskRow.heartbeat_at.is_(None), TaskRow.heartbeat_at <= db_ago(stale_after_s))
+        query = (select(TaskRow.task_id, TaskRow.attempts, TaskRow.claimed_by, TaskRow.heartbeat_at)
+                 .where(TaskRow.status == PROCESSING, silent_now))
         with Session(self.engine) as session:
             rows = session.execute(query).all()
         for task_id, attempts, claimed_by, heartbeat_at in rows:
             if exclude_worker is not None and claimed_by == exclude_worker:
                 continue
-            if heartbeat_at is not None and heartbeat_at > deadline:
-                continue  # still alive (another worker or replica is on it)
             # still silent when the update runs: a heartbeat between the read and here keeps the task its worker's
-            guard = (TaskRow.status == PROCESSING, TaskRow.claimed_by == claimed_by,
-                     or_(TaskRow.heartbeat_at.is_(None), TaskRow.heartbeat_at <= deadline))
+            guard = (TaskRow.status == PROCESSING, TaskRow.claimed_by == claimed_by, silent_now)
             silent = "" if heartbeat_at is None else f" (no heartbeat since {iso_utc(heartbeat_at)})"
             if attempts >= self.max_attempts:
                 error = (f"the server processing this task stopped {attempts} times before it finished{silent}; "
@@ -563,10 +622,10 @@ class TaskStore:
             current = dict(row.values) if row is not None else {}
             current.update({k: v for k, v in changes.items() if v is not None})
             if row is None:
-                session.add(ConfigRow(id=1, values=current, updated_at=utcnow()))
+                session.add(ConfigRow(id=1, values=current, updated_at=db_now()))
             else:
                 row.values = json.loads(json.dumps(current))  # a new object: the JSON column sees the change
-                row.updated_at = utcnow()
+                row.updated_at = db_now()
         return self._get_config()
 
     async def set_config(self, **changes) -> InferenceConfig:

@@ -1,22 +1,25 @@
 """The task store across processes and databases: exact claims by concurrent processes on PostgreSQL, the SQL each
 claim sends, the migrations (the schema they build is the models', a database from before them keeps its tasks),
-and a dead worker's lease taken over by another worker."""
+a dead worker's lease taken over by another worker, and leases on the database's clock (not the workers')."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
 from frontend.hallo2 import migrations
-from frontend.hallo2.tasks import COMPLETED, QUEUED, Base, TaskRow, TaskStore
+from frontend.hallo2 import tasks as hallo2_tasks
+from frontend.hallo2.tasks import COMPLETED, PROCESSING, QUEUED, Base, TaskRow, TaskStore, utcnow
 from tests.unit.hallo2.test_tasks import _DATABASES, OUTPUT, create, database, fast_worker, make_store, wait_for  # noqa: F401  (database: the fixture, SQLite and PostgreSQL)
 
 pytestmark = pytest.mark.timeout(120)
@@ -111,3 +114,37 @@ def test_a_dead_workers_task_runs_on_another_worker_after_its_lease(tmp_path):
 
 async def _status_is(store, task_id, status):
     return (await store.get(task_id)).status == status
+
+
+@pytest.mark.parametrize("claimer_skew_h, sweeper_skew_h", [(-24, 24), (24, -24)])
+def test_leases_follow_the_databases_clock_not_the_workers(tmp_path, monkeypatch, claimer_skew_h, sweeper_skew_h):
+    """A worker whose clock is a day off claims and renews; another, a day off the other way, sweeps: the live
+    task stays with its worker and the really silent one is re-claimed. Before, with each worker's clock deciding,
+    the sweeper ahead took over the live task, and the one behind left the dead worker's task alone."""
+    real_now = utcnow()
+
+    def clock(skew_h):
+        monkeypatch.setattr(hallo2_tasks, "utcnow", lambda: utcnow() + timedelta(hours=skew_h))
+
+    async def main():
+        claimer, sweeper = make_store(tmp_path), make_store(tmp_path)
+        live, dead = await create(claimer, 2)
+        clock(claimer_skew_h)
+        assert (await claimer.claim_next("alive")).task_id == live
+        assert (await claimer.claim_next("killed")).task_id == dead
+        assert await claimer.heartbeat([live], "alive") == []
+        assert await claimer.update_progress(live, "alive", 10, "working")
+        with Session(claimer.engine) as session, session.begin():  # the dead worker's last heartbeat, 2 minutes ago
+            session.execute(update(TaskRow).where(TaskRow.task_id == dead).values(heartbeat_at=real_now - timedelta(seconds=120)))
+        for task_id in (live, dead):  # stored on the database's clock, whatever the claimer's says
+            assert abs((await sweeper.get(task_id)).updated_at - real_now) < timedelta(minutes=5)
+        clock(sweeper_skew_h)
+        report = await sweeper.requeue_stale(stale_after_s=60, exclude_worker="sweeper")
+        assert report.requeued == [dead] and report.failed == []
+        task = await sweeper.get(live)
+        assert task.status == PROCESSING and task.claimed_by == "alive"
+        assert abs(task.heartbeat_at - real_now) < timedelta(minutes=5)
+        assert (await sweeper.get(dead)).status == QUEUED
+        assert (await sweeper.claim_next("sweeper")).task_id == dead  # re-claimed
+        assert await claimer.heartbeat([live], "alive") == []  # and the live worker still holds its own
+    asyncio.run(main())
