@@ -61,21 +61,23 @@ class Bandwidth:
     read_bytes_per_s: float
 
 
+def best_seconds(work, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``work``, after one untimed warm-up call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
 def measure_bandwidth(repeats: int = 10) -> Bandwidth:
     source = torch.ones(GiB // 4)
     target = torch.empty_like(source)
 
-    def best(work) -> float:
-        work()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - started)
-        return min(times)
-
-    copy_s = best(lambda: target.copy_(source))
-    read_s = best(lambda: source.sum())
+    copy_s = best_seconds(lambda: target.copy_(source), repeats)
+    read_s = best_seconds(lambda: source.sum(), repeats)
     return Bandwidth(GiB / copy_s, GiB / read_s)
 
 
@@ -94,19 +96,10 @@ def linear_kernel_ms(model, rows: int, repeats: int = 5) -> tuple[float, float]:
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = {m.in_features: torch.randn(rows, m.in_features) for m in linears}
 
-    def best(work) -> float:
-        work()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - started)
-        return 1000 * min(times)
-
     with torch.inference_mode():
-        plain = best(lambda: [F.linear(inputs[m.in_features], m.weight, m.bias) for m in linears])
-        fast = best(lambda: [skinny_mm(inputs[m.in_features], m.weight) for m in linears])
-    return plain, fast
+        plain = best_seconds(lambda: [F.linear(inputs[m.in_features], m.weight, m.bias) for m in linears], repeats)
+        fast = best_seconds(lambda: [skinny_mm(inputs[m.in_features], m.weight) for m in linears], repeats)
+    return 1000 * plain, 1000 * fast
 
 
 def decode_step_ms(model, batch: int, steps: int = 20, dtype=torch.float32) -> float:
