@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
                 log.info("%d tokens, c%d: %s", tokens, clients, runs[tokens][clients])
         ttft = late_joiner_ttft(server.grpc_url, hidden, args.repeats, short_tokens=8, long_tokens=300, head_start_tokens=20)
         log.info("ttft: %s", ttft)
+        versions = c_versions(server.grpc_url)
     finally:
         server.stop()
-    versions = c_versions()
     report = Report()
     report.add("\n".join([
         "# Emotion-LLaMA LLM: continuous batching over Triton", "",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
-from emoserve.emotion_llama.generation import FINISH_CANCELLED, SamplingParams, emotion_confidence
+from emoserve.emotion_llama.generation import FINISH_CANCELLED, PromptCache, SamplingParams, emotion_confidence
 from emoserve.emotion_llama.llm import embed_prompt, load_llm
 from emoserve.emotion_llama.prompts import EMOTION_LABELS, build_prompt, parse_emotion_label, parse_task, validate_question
 from emoserve.emotion_llama.scheduler import (
@@ -104,9 +104,12 @@ class EmotionLlamaEngine:
         self.scheduler = ContinuousBatchScheduler(self.model, self.tokenizer, max_active_sequences, max_batch_tokens,
                                                   max_waiting)
 
-    def start(self) -> None:
-        """Decode on the engine's own loop thread: :meth:`submit` returns at once, callbacks come from there."""
-        self.scheduler.start()
+    def start(self, intra_op_threads: int | None = None) -> None:
+        """Decode on the engine's own loop thread: :meth:`submit` returns at once, callbacks come from there.
+
+        ``intra_op_threads``: the loop's torch threads (default: the starting thread's count).
+        """
+        self.scheduler.start(torch.get_num_threads() if intra_op_threads is None else intra_op_threads)
 
     def stop(self) -> None:
         self.scheduler.stop()
@@ -153,11 +156,11 @@ class EmotionLlamaEngine:
                 scheduling=sequence.stats.summary(),
             )
             if task == "emotion" and outcome.finish_reason != FINISH_CANCELLED:
-                self._score_emotion(outcome, prompt_embeds)
+                self._score_emotion(outcome, sequence.prompt_cache)
             on_result(outcome)
 
         try:
-            self.scheduler.submit(GenerationJob(prompt_embeds, request.params),
+            self.scheduler.submit(GenerationJob(prompt_embeds, request.params, keep_prompt_cache=task == "emotion"),
                                   SequenceCallbacks(finished, on_error, on_token, is_cancelled))
         except ValueError as exc:  # e.g. prompt + max_new_tokens beyond the KV budget
             raise EngineRequestError(str(exc)) from None
@@ -202,11 +205,12 @@ class EmotionLlamaEngine:
                 raise outcome
         return outcomes  # type: ignore[return-value]
 
-    def _score_emotion(self, outcome: EngineResult, prompt_embeds: torch.Tensor) -> None:
+    def _score_emotion(self, outcome: EngineResult, prompt_cache: PromptCache) -> None:
+        """The label probabilities as continuations of the prompt's cache from its prefill (the prompt is not re-run)."""
         outcome.emotion = parse_emotion_label(outcome.text)
         prefix = _label_prefix_text(outcome.text)
         prefix_ids = self.tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
         with torch.inference_mode():
-            probabilities = emotion_confidence(self.model, prompt_embeds, prefix_ids)
+            probabilities = emotion_confidence(self.model, None, prefix_ids, prompt_cache=prompt_cache)
         outcome.label_probs = {label: round(float(probabilities[label]), 6) for label in EMOTION_LABELS}
         outcome.confidence = outcome.label_probs[outcome.emotion]

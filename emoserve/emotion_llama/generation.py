@@ -328,15 +328,29 @@ def label_token_ids(
     return result
 
 
+@dataclass
+class PromptCache:
+    """A prompt's KV cache (one row, no padding) and its last position's logits, kept from its prefill.
+
+    Scoring the labels from it (:func:`emotion_confidence` with ``prompt_cache=``) runs only the answer
+    prefix and the labels' later tokens, never the prompt again.
+    """
+
+    cache: object  # a DynamicCache of ``length`` positions
+    last_logits: torch.Tensor  # [vocab]: the prompt's last position
+    length: int
+
+
 @torch.no_grad()
 def emotion_confidence(
     model,
-    prompt_embeds: torch.Tensor,
+    prompt_embeds: torch.Tensor | None,
     answer_prefix_ids: list[int],
     *,
     tokenizer=None,
     labels: tuple[str, ...] = EMOTION_LABELS,
     leading_space: bool = True,
+    prompt_cache: PromptCache | None = None,
 ) -> dict[str, float]:
     """``{label: probability}`` over ``labels`` (sums to 1) from the model's own token probabilities.
 
@@ -354,6 +368,8 @@ def emotion_confidence(
     The context (prompt + answer prefix) is run ONCE, with a KV cache; its last position gives every
     label's first token. The labels' later tokens are then scored as continuations of that cache, all
     labels in one batched step (right-padded, masked), instead of re-running the whole prompt per label.
+    With ``prompt_cache`` (the prompt's cache from its prefill, consumed here) the prompt is not run at
+    all: only the answer prefix continues it, and ``prompt_embeds`` is not needed.
     """
     if tokenizer is None:
         tokenizer = getattr(model, "emoserve_tokenizer", None)
@@ -362,12 +378,18 @@ def emotion_confidence(
     table = model.get_input_embeddings()
     device, dtype = table.weight.device, table.weight.dtype
     per_label = label_token_ids(tokenizer, labels, leading_space)
-    context = prompt_embeds.to(device=device, dtype=dtype)
+    if prompt_cache is None:
+        if prompt_embeds is None:
+            raise ValueError("emotion_confidence needs prompt_embeds or a prompt_cache")
+        prompt_cache = _run_prompt(model, prompt_embeds.to(device=device, dtype=dtype))
+    cache, length, last_logits = prompt_cache.cache, prompt_cache.length, prompt_cache.last_logits
     if answer_prefix_ids:
-        context = torch.cat([context, table(torch.tensor(list(answer_prefix_ids), device=device))], dim=0)
-    length = context.shape[0]
-    out = model(inputs_embeds=context[None], use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        count = len(answer_prefix_ids)
+        out = model(inputs_embeds=table(torch.tensor(list(answer_prefix_ids), device=device))[None],
+                    position_ids=torch.arange(length, length + count, device=device)[None],
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache, length, last_logits = out.past_key_values, length + count, out.logits[0, -1]
+    first = torch.log_softmax(last_logits.float(), dim=-1)
     scores = torch.tensor([float(first[ids[0]]) for ids in per_label], dtype=torch.float64)
 
     # only labels of several tokens need their later tokens scored; each feeds all but its last token
@@ -380,7 +402,6 @@ def emotion_confidence(
             ids = per_label[k][:-1]
             feed[row, :len(ids)] = torch.tensor(ids, device=device)
             mask[row, length + len(ids):] = 0  # right padding: never seen by the real positions before it
-        cache = out.past_key_values
         cache.batch_repeat_interleave(len(longer))
         positions = torch.arange(length, length + width, device=device).expand(len(longer), width)
         step = model(inputs_embeds=table(feed), attention_mask=mask, position_ids=positions, past_key_values=cache,
@@ -391,3 +412,8 @@ def emotion_confidence(
             scores[k] += sum(float(log_probs[row, j, tok]) for j, tok in enumerate(per_label[k][1:]))
     probs = torch.softmax(scores, dim=0)
     return {label: float(p) for label, p in zip(labels, probs)}
+
+
+def _run_prompt(model, context: torch.Tensor) -> PromptCache:
+    out = model(inputs_embeds=context[None], use_cache=True, logits_to_keep=1)
+    return PromptCache(out.past_key_values, out.logits[0, -1], int(context.shape[0]))

@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from emoserve.emotion_llama.generation import (
     FINISH_CANCELLED,
     GenerationResult,
+    PromptCache,
     RequestState,
     SamplingParams,
     check_prompt_shapes,
@@ -59,11 +61,14 @@ class SchedulerStopped(RuntimeError):
 class GenerationJob:
     prompt_embeds: torch.Tensor  # [L, hidden]
     params: SamplingParams
+    keep_prompt_cache: bool = False  # hand the prompt's own cache to on_finish (label scoring continues it)
 
     @property
     def kv_reservation(self) -> int:
-        """The most cache positions this sequence can ever hold: its prompt and every token it may generate."""
-        return int(self.prompt_embeds.shape[0]) + self.params.max_new_tokens
+        """The most cache positions this sequence can ever hold: its prompt and every token it may generate
+        (and a second copy of the prompt's when it is kept)."""
+        prompt = int(self.prompt_embeds.shape[0])
+        return prompt * (2 if self.keep_prompt_cache else 1) + self.params.max_new_tokens
 
 
 @dataclass
@@ -104,6 +109,7 @@ class SequenceStats:
 class SequenceResult:
     generation: GenerationResult
     stats: SequenceStats
+    prompt_cache: PromptCache | None = None  # with GenerationJob.keep_prompt_cache
 
 
 @dataclass(eq=False)
@@ -114,6 +120,7 @@ class _Sequence:
     state: RequestState | None = None  # set at admission
     next_token: int = 0  # chosen, not yet fed to the model
     next_position: int = 0  # its position id: real tokens before it
+    prompt_cache: PromptCache | None = None  # kept from the prefill until the sequence finishes
 
 
 class ContinuousBatchScheduler:
@@ -156,8 +163,9 @@ class ContinuousBatchScheduler:
         """Queue ``job``; raises ValueError (bad job), SchedulerFull or SchedulerStopped instead of queueing."""
         check_prompt_shapes([job.prompt_embeds], hidden=self._table.weight.shape[1])
         if job.kv_reservation > self.max_batch_tokens:
-            raise ValueError(f"prompt ({job.prompt_embeds.shape[0]} tokens) + max_new_tokens ({job.params.max_new_tokens}) "
-                             f"exceeds the KV budget of {self.max_batch_tokens} tokens")
+            kept = " (its cache kept for the label scores counts twice)" if job.keep_prompt_cache else ""
+            raise ValueError(f"prompt ({job.prompt_embeds.shape[0]} tokens{kept}) + max_new_tokens "
+                             f"({job.params.max_new_tokens}) exceeds the KV budget of {self.max_batch_tokens} tokens")
         with self._wake:
             if self._stopping:
                 raise SchedulerStopped("the LLM scheduler has stopped")
@@ -183,11 +191,16 @@ class ContinuousBatchScheduler:
         """True while the loop thread runs the steps (then nobody else may call :meth:`step`)."""
         return self._thread is not None
 
-    def start(self) -> None:
-        """Run the decode loop on a daemon thread until :meth:`stop`."""
+    def start(self, intra_op_threads: int | None = None) -> None:
+        """Run the decode loop on a daemon thread until :meth:`stop`, with ``intra_op_threads`` torch threads
+        (torch's thread count is per OpenMP thread: the loop's own, not its starter's)."""
         if self._thread is not None:
             raise RuntimeError("the scheduler loop is already running")
-        self._thread = threading.Thread(target=self._loop, name="emotion-llama-decode-loop", daemon=True)
+        if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int)
+                                             or intra_op_threads < 1):
+            raise ValueError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
+        self._thread = threading.Thread(target=self._loop, args=(intra_op_threads,), name="emotion-llama-decode-loop",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -217,7 +230,9 @@ class ContinuousBatchScheduler:
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, intra_op_threads: int | None) -> None:
+        if intra_op_threads is not None:
+            torch.set_num_threads(intra_op_threads)
         while True:
             with self._wake:
                 while not self._stopping and not self._waiting and not self._active:
@@ -275,6 +290,10 @@ class ContinuousBatchScheduler:
             for seq in joining:
                 self._fail(seq, exc)
             return
+        for row, seq in enumerate(joining):
+            if seq.job.keep_prompt_cache:  # before _choose: a sequence may finish at its first token
+                seq.prompt_cache = PromptCache(_row_cache(out.past_key_values, row, int(mask[row].sum())),
+                                               logits[row].clone(), int(mask[row].sum()))
         now = self.clock()
         staying = []
         for row, seq in enumerate(joining):
@@ -336,9 +355,10 @@ class ContinuousBatchScheduler:
 
     def _finish(self, seq: _Sequence) -> None:
         seq.stats.finished_at = self.clock()
+        kept = seq.prompt_cache
         self._release(seq)
         try:
-            seq.callbacks.on_finish(SequenceResult(seq.state.result(), seq.stats))
+            seq.callbacks.on_finish(SequenceResult(seq.state.result(), seq.stats, kept))
         except Exception as exc:
             _log.exception("on_finish raised")
             self._report_error(seq, exc)
@@ -356,6 +376,7 @@ class ContinuousBatchScheduler:
         self._report_error(seq, exc)
 
     def _release(self, seq: _Sequence) -> None:
+        seq.prompt_cache = None
         if seq.stats.admitted_at is not None:
             self._reserved_tokens -= seq.job.kv_reservation
 
@@ -410,6 +431,14 @@ def _layers(cache) -> list:
     if layers is None or any(getattr(layer, "is_sliding", False) for layer in layers):
         raise TypeError(f"continuous batching needs a DynamicCache of full-attention layers, got {type(cache).__name__}")
     return layers
+
+
+def _row_cache(cache, row: int, length: int) -> DynamicCache:
+    """Row ``row``'s real (last ``length``) positions as a cache of its own: what a prefill of it alone holds."""
+    kept = DynamicCache()
+    for index, layer in enumerate(_layers(cache)):
+        kept.update(layer.keys[row:row + 1, :, -length:].clone(), layer.values[row:row + 1, :, -length:].clone(), index)
+    return kept
 
 
 def _select_rows(cache, rows: list[int]) -> None:

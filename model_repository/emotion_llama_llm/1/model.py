@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
@@ -78,6 +79,12 @@ class TritonPythonModel:
         max_active = typed_parameter(parameters, "max_active_sequences", int, EMOTION_LLAMA.max_active_sequences)
         max_batch_tokens = typed_parameter(parameters, "max_batch_tokens", int, EMOTION_LLAMA.max_batch_tokens)
         max_waiting = typed_parameter(parameters, "max_waiting_requests", int, EMOTION_LLAMA.max_waiting_requests)
+        # All decoding runs on the engine's loop thread. Had this (Triton's) thread run multi-threaded torch ops too,
+        # libgomp would keep a second worker pool, and with more OpenMP threads than cores it throttles every pool's
+        # spin-waiting: decode steps measured 2x slower on 2 cores. So this thread stays single-threaded (loading,
+        # prompt embedding) and the loop gets the threads.
+        decode_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             self.engine = EmotionLlamaEngine(folder, max_prompt_chars, device=device, max_active_sequences=max_active,
                                              max_batch_tokens=max_batch_tokens, max_waiting=max_waiting)
@@ -85,9 +92,10 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"emotion_llama_llm: {exc}") from None
         self.weights = parameters.get(WEIGHTS_PARAMETER, "unknown")
         self.logger = pb_utils.Logger
-        self.engine.start()
+        self.engine.start(intra_op_threads=decode_threads)
         self.logger.log_info(f"emotion_llama_llm: {self.weights} (hidden {self.engine.hidden_size}, family {self.engine.family}, "
-                             f"{device}; up to {max_active} sequences / {max_batch_tokens} KV tokens per decode step)")
+                             f"{device}; up to {max_active} sequences / {max_batch_tokens} KV tokens per decode step; "
+                             f"{decode_threads} decode threads)")
 
     def _request(self, request) -> EngineRequest:
         prompt = bytes_input(pb_utils, request, PROMPT)

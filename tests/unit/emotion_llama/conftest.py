@@ -6,6 +6,9 @@ import pytest
 
 from emoserve.emotion_llama import llm
 
+# SmolLM2 spells every one of the 9 labels as one token: these words of 2-4 tokens exercise the cached continuation
+LONG_LABELS = ("happy", "flabbergasted", "apprehensive", "contemptuous", "sad")
+
 
 @pytest.fixture(scope="session")
 def smol_tokenizer():

@@ -39,6 +39,7 @@ from emoserve.emotion_llama.prompts import (
     parse_task,
     validate_question,
 )
+from tests.unit.emotion_llama.conftest import LONG_LABELS
 
 QUESTION = "The person in video says: Why are you looking at me like this?  [reason] What is the emotional state?"
 
@@ -377,10 +378,6 @@ def confidence_by_reprefill(model, prompt_embeds, answer_prefix_ids, tokenizer, 
     scores = torch.tensor([sum(float(log_probs[k, j, tok]) for j, tok in enumerate(ids)) for k, ids in enumerate(per_label)],
                           dtype=torch.float64)
     return dict(zip(labels, torch.softmax(scores, dim=0).tolist()))
-
-
-# SmolLM2 spells every one of the 9 labels as one token: these words of 2-4 tokens exercise the cached continuation
-LONG_LABELS = ("happy", "flabbergasted", "apprehensive", "contemptuous", "sad")
 
 
 def assert_same_confidence(model, tokenizer, prompt, prefix_ids, labels=EMOTION_LABELS):

@@ -5,6 +5,7 @@ cancelled, and the active-sequence and KV bounds hold. Steps are driven by hand,
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -12,14 +13,16 @@ import pytest
 import torch
 
 from emoserve.emotion_llama import llm
-from emoserve.emotion_llama.engine import EmotionLlamaEngine, EngineRequest, EngineRequestError
-from emoserve.emotion_llama.generation import SamplingParams, generate_batch
+from emoserve.emotion_llama.engine import EmotionLlamaEngine, EngineRequest, EngineRequestError, _label_prefix_text
+from emoserve.emotion_llama.generation import SamplingParams, emotion_confidence, generate_batch
+from emoserve.emotion_llama.prompts import EMOTION_LABELS
 from emoserve.emotion_llama.scheduler import (
     ContinuousBatchScheduler,
     GenerationJob,
     SchedulerFull,
     SequenceCallbacks,
 )
+from tests.unit.emotion_llama.conftest import LONG_LABELS
 
 
 def greedy(n: int, **kw) -> SamplingParams:
@@ -201,6 +204,36 @@ def test_kv_budget_bounds_admission(tiny, prompts):
         scheduler.submit(GenerationJob(short, greedy(2 * reservation)), Recorder("big", []).callbacks())
 
 
+def test_kept_prompt_cache_scores_labels_as_running_the_prompt_again(tiny, scheduler, prompts):
+    """Prompts of three lengths prefilled together (left-padded) and one joining later: each kept cache gives
+    the label probabilities a fresh run of its prompt gives, with and without an answer prefix."""
+    model, tokenizer, _ = tiny
+    recorders = [Recorder(str(i), []) for i in range(4)]
+    lengths = [greedy(1), greedy(5, min_new_tokens=5), greedy(3, min_new_tokens=3), greedy(4, min_new_tokens=4)]
+    for i in range(3):  # the first finishes at its first token, inside the prefill
+        scheduler.submit(GenerationJob(prompts[i], lengths[i], keep_prompt_cache=True), recorders[i].callbacks())
+    scheduler.step()
+    scheduler.submit(GenerationJob(prompts[3], lengths[3], keep_prompt_cache=True), recorders[3].callbacks())
+    drain(scheduler)
+    prefix = tokenizer(" The emotion is", add_special_tokens=False)["input_ids"]
+    for recorder, prompt in zip(recorders, prompts):
+        kept = recorder.result.prompt_cache
+        assert kept.length == prompt.shape[0] and kept.cache.get_seq_length() == prompt.shape[0]
+        for prefix_ids, labels in (([], LONG_LABELS), (prefix, EMOTION_LABELS)):
+            fresh = emotion_confidence(model, prompt, prefix_ids, tokenizer=tokenizer, labels=labels)
+            from_cache = emotion_confidence(model, None, prefix_ids, tokenizer=tokenizer, labels=labels,
+                                            prompt_cache=copy.deepcopy(kept))  # scoring consumes the cache
+            for label in labels:
+                assert from_cache[label] == pytest.approx(fresh[label], abs=1e-5), (recorder.name, label)
+    assert scheduler._reserved_tokens == 0
+    assert GenerationJob(prompts[1], greedy(10), keep_prompt_cache=True).kv_reservation == 2 * prompts[1].shape[0] + 10
+    # without the flag nothing is kept
+    plain = Recorder("plain", [])
+    scheduler.submit(GenerationJob(prompts[1], greedy(2)), plain.callbacks())
+    drain(scheduler)
+    assert plain.result.prompt_cache is None
+
+
 def test_waiting_queue_bound(tiny, prompts):
     model, tokenizer, _ = tiny
     scheduler = ContinuousBatchScheduler(model, tokenizer, max_active_sequences=1, max_batch_tokens=4096, max_waiting=2)
@@ -246,6 +279,27 @@ def test_a_failing_forward_fails_the_batch_and_the_loop_thread_keeps_serving(tin
     assert not scheduler._thread.is_alive()
 
 
+def test_the_loop_thread_runs_with_its_own_torch_thread_count(tiny, prompts):
+    """Triton's thread stays single-threaded while the loop decodes with the threads it was started with."""
+    model, tokenizer, _ = tiny
+    scheduler = ContinuousBatchScheduler(model, tokenizer, max_active_sequences=2, max_batch_tokens=4096, max_waiting=4)
+    seen, done = [], threading.Event()
+    callbacks = SequenceCallbacks(on_finish=lambda result: (seen.append(torch.get_num_threads()), done.set()),
+                                  on_error=lambda exc: done.set())
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(ValueError, match="intra_op_threads"):
+            scheduler.start(intra_op_threads=0)
+        scheduler.start(intra_op_threads=2)
+        scheduler.submit(GenerationJob(prompts[1], greedy(2)), callbacks)
+        assert done.wait(60) and seen == [2]
+        assert torch.get_num_threads() == 1
+    finally:
+        scheduler.stop()
+        torch.set_num_threads(before)
+
+
 def test_engine_on_its_loop_thread_streams_and_scores_emotion(tiny_llm_folder):
     engine = EmotionLlamaEngine(tiny_llm_folder, max_active_sequences=2)
     multimodal = np.random.default_rng(0).standard_normal((260, engine.hidden_size)).astype(np.float32) * 0.02
@@ -266,3 +320,8 @@ def test_engine_on_its_loop_thread_streams_and_scores_emotion(tiny_llm_folder):
     assert result.emotion == reference.emotion and result.confidence == pytest.approx(reference.confidence)
     metadata = result.metadata()
     assert metadata["max_step_batch_size"] == metadata["batch_size"] == 1 and metadata["time_to_first_token_seconds"] > 0
+    # the label scores continue the prompt's cache from its prefill: they equal a fresh run of the prompt
+    prefix = _label_prefix_text(result.text)
+    prefix_ids = engine.tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
+    fresh = emotion_confidence(engine.model, engine._embed(request), prefix_ids)
+    assert result.label_probs == pytest.approx({label: round(p, 6) for label, p in fresh.items()}, abs=2e-6)
