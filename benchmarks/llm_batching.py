@@ -18,18 +18,15 @@ import argparse
 import datetime as _dt
 import json
 import logging
-import queue
 import statistics
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from benchmarks.common import RESULTS_DIR, WORK_DIR, Report, build, environment_lines, load_average, triton_server
 from benchmarks.common import versions as c_versions
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
+from emoserve.emotion_llama.llm_stream import LlmAnswer, LlmStream
 
 log = logging.getLogger("benchmarks.llm_batching")
 
@@ -37,69 +34,20 @@ LONG_QUESTION = "Describe in great detail, step by step and at length, everythin
 SHORT_QUESTION = "The person in video says: Why are you looking at me like this?  [reason] What is the emotional state?"
 
 
-@dataclass
-class Answer:
-    sent: float
-    first_token: float
-    done: float
-    tokens: int
-    metadata: dict
-
-
 def stream_request(grpc_url: str, hidden: int, question: str, max_new_tokens: int,
-                   on_delta: threading.Event | None = None, deltas_before_signal: int = 1) -> Answer:
-    import tritonclient.grpc as grpcclient
+                   on_delta: threading.Event | None = None, deltas_before_signal: int = 1) -> LlmAnswer:
+    """One request of exactly ``max_new_tokens`` tokens; ``on_delta`` is set after ``deltas_before_signal`` deltas."""
+    signal = None if on_delta is None else (lambda n: on_delta.set() if n == deltas_before_signal else None)
+    with LlmStream(grpc_url, hidden, question, max_new_tokens, min_new_tokens=max_new_tokens) as stream:
+        return stream.final(timeout_s=600, on_delta=signal)
 
-    from emoserve.emotion_llama.engine import NUM_MULTIMODAL_TOKENS
-    from emoserve.model_catalog import (
-        EMOTION_LLM_MODEL,
-        MAX_NEW_TOKENS,
-        MIN_NEW_TOKENS,
-        MULTIMODAL_EMBEDDINGS,
-        PROMPT,
-        RESULT_METADATA,
-        TEMPERATURE,
-        TEXT_DELTA,
-        TOKEN_IDS,
-    )
 
-    responses: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(grpc_url)
-    client.start_stream(callback=lambda result, error: responses.put((time.perf_counter(), result, error)))
-    try:
-        multimodal = np.random.default_rng(0).standard_normal((1, NUM_MULTIMODAL_TOKENS, hidden)).astype(np.float32) * 0.02
-        inputs = []
-        for name, array, datatype in ((MULTIMODAL_EMBEDDINGS, multimodal, "FP32"),
-                                      (PROMPT, np.array([[question.encode()]], dtype=np.object_), "BYTES"),
-                                      (TEMPERATURE, np.array([[0.0]], np.float32), "FP32"),
-                                      (MAX_NEW_TOKENS, np.array([[max_new_tokens]], np.int32), "INT32"),
-                                      (MIN_NEW_TOKENS, np.array([[max_new_tokens]], np.int32), "INT32")):
-            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        sent = time.perf_counter()
-        client.async_stream_infer(EMOTION_LLM_MODEL, inputs)
-        first, deltas = None, 0
-        while True:
-            arrived, result, error = responses.get(timeout=600)
-            if error is not None:
-                raise RuntimeError(str(error))
-            if result.as_numpy(TEXT_DELTA) is not None:
-                first = arrived if first is None else first
-                deltas += 1
-                if on_delta is not None and deltas == deltas_before_signal:
-                    on_delta.set()
-                continue
-            metadata = json.loads(result.as_numpy(RESULT_METADATA).reshape(-1)[0])
-            tokens = len(result.as_numpy(TOKEN_IDS).reshape(-1))
-            return Answer(sent, first if first is not None else arrived, arrived, tokens, metadata)
-    finally:
-        client.stop_stream()
-        client.close()
+def first_token_at(answer: LlmAnswer) -> float:
+    return answer.done_at if answer.first_delta_at is None else answer.first_delta_at
 
 
 def throughput(grpc_url: str, hidden: int, clients: int, requests_per_client: int, max_new_tokens: int) -> dict:
-    answers: list[Answer] = []
+    answers: list[LlmAnswer] = []
     lock = threading.Lock()
 
     def client_loop() -> None:
@@ -115,11 +63,12 @@ def throughput(grpc_url: str, hidden: int, clients: int, requests_per_client: in
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    tokens = sum(a.tokens for a in answers)
-    decode_rates = [(a.tokens - 1) / (a.done - a.first_token) for a in answers if a.tokens > 1 and a.done > a.first_token]
+    tokens = sum(len(a.token_ids) for a in answers)
+    decode_rates = [(len(a.token_ids) - 1) / (a.done_at - first_token_at(a)) for a in answers
+                    if len(a.token_ids) > 1 and a.done_at > first_token_at(a)]
     return {"clients": clients, "requests": len(answers), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
             "decode_tokens_per_s": statistics.median(decode_rates),
-            "ttft_p50_s": statistics.median(a.first_token - a.sent for a in answers),
+            "ttft_p50_s": statistics.median(first_token_at(a) - a.sent_at for a in answers),
             "max_step_batch_size": max(a.metadata.get("max_step_batch_size", a.metadata.get("batch_size", 1)) for a in answers)}
 
 
@@ -128,7 +77,7 @@ def late_joiner_ttft(grpc_url: str, hidden: int, repeats: int, short_tokens: int
     joined, long_still_running = [], []
     for _ in range(repeats):
         generating = threading.Event()
-        long_answer: list[Answer] = []
+        long_answer: list[LlmAnswer] = []
 
         def run_long(answers=long_answer, signal=generating) -> None:
             answers.append(stream_request(grpc_url, hidden, LONG_QUESTION, long_tokens, signal, head_start_tokens))
@@ -139,9 +88,9 @@ def late_joiner_ttft(grpc_url: str, hidden: int, repeats: int, short_tokens: int
             raise RuntimeError("the long request streamed nothing")
         joined.append(stream_request(grpc_url, hidden, SHORT_QUESTION, short_tokens))
         long_thread.join()
-        long_still_running.append(joined[-1].first_token < long_answer[0].done)
-    return {"alone_ttft_s": statistics.median(a.first_token - a.sent for a in alone),
-            "joined_ttft_s": statistics.median(a.first_token - a.sent for a in joined),
+        long_still_running.append(first_token_at(joined[-1]) < long_answer[0].done_at)
+    return {"alone_ttft_s": statistics.median(first_token_at(a) - a.sent_at for a in alone),
+            "joined_ttft_s": statistics.median(first_token_at(a) - a.sent_at for a in joined),
             "joined_max_step_batch_size": max(a.metadata.get("max_step_batch_size", a.metadata.get("batch_size", 1)) for a in joined),
             "long_still_running": all(long_still_running)}
 

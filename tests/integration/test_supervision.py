@@ -3,6 +3,7 @@ nothing of the dead one left, and the server dies with its launcher (real proces
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -184,3 +185,66 @@ def test_the_next_launch_cleans_up_what_a_dead_launcher_and_watchdog_left(a2e_re
     wait_until(lambda: process_group_members(server_pid) == [], 15, "no stub of the dead launcher's server left")
     wait_until(lambda: all(port_owner(port) is None for port in (opts.http_port, opts.grpc_port)), 15,
                "the dead server's ports free")
+
+
+@pytest.fixture(scope="module")
+def llm_repository(tmp_path_factory) -> Path:
+    from export.build_repository import BuildSettings, build_repository
+
+    return build_repository(tmp_path_factory.mktemp("supervised_llm_repo"), BuildSettings(profile="tiny", slices=("emotion_llama",)))
+
+
+def test_a_killed_llm_stub_mid_generation_ends_the_stream_with_503_and_the_llm_serves_again(llm_repository):
+    """kill -9 of emotion_llama_llm while it streams a REST answer. Triton 2.51 never answers the requests of a
+    decoupled model whose stub died (its python backend has no fail-over for decoupled models), so the front end's
+    silence limit answers the client: the stream ends with a 503 error event, not a hang and not a "done" with a cut
+    answer. The supervisor reloads the model, and REST and Triton-direct requests are answered in full again."""
+    from emoserve.emotion_llama.llm_stream import LlmStream, LlmStreamError
+    from emoserve.model_catalog import EMOTION_LLM_MODEL
+
+    hidden = json.loads((llm_repository / EMOTION_LLM_MODEL / "1" / "llm" / "config.json").read_text())["hidden_size"]
+    body = {"video_path": str(PROJECT_ROOT / "examples" / "sample_emotion.mp4"), "question": "[reason] Why?"}
+    silence_limit_s = 10
+    server = TritonServer(options(llm_repository)).start()
+    supervisor = TritonSupervisor(server, poll_s=0.2).start()
+    # only the emotion_llama slice is loaded: the front end's readiness (every API's models) never comes
+    frontend = FrontendProcess(server.grpc_url, {"EMOSERVE_EMOTION_LLAMA__GENERATION_TIMEOUT_S": str(silence_limit_s)})
+    frontend.start(wait_healthy=False)
+    try:
+        with httpx.Client(base_url=frontend.base_url, timeout=120) as api:
+            wait_until(lambda: _answers(api, "/livez"), 90, "the front end up")
+            with api.stream("POST", "/process_video/stream", json=dict(body, max_new_tokens=1000)) as response:
+                assert response.status_code == 200
+                events = response.iter_lines()
+                assert next(line for line in events if line.startswith("event:")) == "event: token"  # decoding now
+                victim = next(pid for pid in process_group_members(server.process.pid)
+                              if f"/{EMOTION_LLM_MODEL}/1/model.py".encode() in Path(f"/proc/{pid}/cmdline").read_bytes())
+                killed = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                kinds = [line for line in events if line.startswith("event:")]
+                assert time.monotonic() - killed < silence_limit_s + 20
+            assert kinds and set(kinds[:-1]) <= {"event: token"} and kinds[-1] == "event: error", kinds[-3:]
+            wait_until(lambda: supervisor.model_reloads >= 1, 60, "the LLM reloaded")
+
+            def answered() -> bool:
+                try:
+                    with LlmStream(server.grpc_url, hidden, "[reason] Why?", 12, min_new_tokens=12) as stream:
+                        return len(stream.final(timeout_s=60).token_ids) == 12
+                except LlmStreamError:
+                    return False
+
+            wait_until(answered, 60, "the LLM serving Triton-direct again")
+            again = api.post("/process_video", json=dict(body, max_new_tokens=8))
+            assert again.status_code == 200, again.text
+            assert supervisor.restarts == 0
+    finally:
+        frontend.stop()
+        supervisor.stop()
+        server.stop()
+
+
+def _answers(api: httpx.Client, path: str) -> bool:
+    try:
+        return api.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
