@@ -60,7 +60,9 @@ def steps(quick: bool) -> list[Step]:
     q = "-quick" if quick else ""
     return [
         Step("perf_analyzer", "perf_analyzer — p50 / p95 / p99 latency and throughput per Triton model",
-             c.RESULTS_DIR / f"perf_analyzer{q}.md", 600.0 if quick else 1080.0, ("Summary", "Per model"), ("Summary",), ("value",)),
+             c.RESULTS_DIR / f"perf_analyzer{q}.md", 600.0 if quick else 1080.0,
+             # the last two: a report written before its Summary / Per model layout
+             ("Summary", "Per model", "perf_analyzer — every model", "Decoupled models"), ("Summary",), ("value",)),
         Step("floor", "FLOP floor — measured time over floor", c.RESULTS_DIR / f"floor{q}.md", 240.0 if quick else 420.0,
              ("Measured time over floor", "Summary"), ("Measured time over floor",), ("p50 / floor",)),
         Step("tuning", "Triton configuration tuning", c.RESULTS_DIR / f"tuning{q}.md", 360.0 if quick else 720.0,
@@ -153,8 +155,9 @@ def write_results(out: Path, quick: bool, all_steps: list[Step], started_at: _dt
         "- versions: " + "; ".join(f"{k} {v}" for k, v in version_info.items()),
         f"- load average at end (1/5/15 min): {c.load_average()} — every step runs its load generator on the same cores as "
         "its servers; other work on the machine skews the figures",
-        "- weights: seeded-random everywhere (no model hub is reachable here); the timings are those of the network sizes "
-        "named in each report", "",
+        "- weights: seeded-random (no model hub is reachable here), except the real SmolLM2-135M in the LLM slot of the "
+        "runs that say so (`rest_load`, `llm_decode`, `llm_batching`); the timings are those of the network sizes named in "
+        "each report", "",
         "## Headline figures (from the step reports)", "",
     ]
     body, headlines = [], []
