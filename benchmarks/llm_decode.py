@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
                  note="fp32 with F.linear is the same arithmetic up to reassociation; the others are kept only when "
                       "every answer is identical.")
     report.write(args.out)
-    args.out.with_suffix(".json").write_text(json.dumps({
+    raw = c.WORK_DIR / args.out.with_suffix(".json").name  # raw figures stay out of the committed results
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps({
         "copy_bytes_per_s": bandwidth.copy_bytes_per_s, "read_bytes_per_s": bandwidth.read_bytes_per_s,
         "weight_bytes": weights, "copy_floor_ms": copy_floor_ms, "read_floor_ms": read_floor_ms,
         "decode_step_ms": {name: steps for name, steps, _ in measured},
