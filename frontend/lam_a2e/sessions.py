@@ -89,9 +89,13 @@ class SessionRegistry:
         try:
             now = time.monotonic()
             ready = {replica.tag: await replica.engine.ready() for replica in self.replicas.values()}
-            # ready before not ready, then replicas that did not just fail, then the least loaded
-            candidates = sorted(self.replicas.values(),
-                                key=lambda r: (not ready[r.tag], self._down_until.get(r.tag, 0) > now, self.load(r)))
+            # ready before not ready, then replicas that did not just fail, then the least loaded in this front end's
+            # view; ties go round from a place set by the session's random id, so front ends that each see few
+            # sessions spread theirs instead of all picking the first replica
+            order = list(self.replicas.values())
+            start = correlation_id % len(order)
+            candidates = sorted(order, key=lambda r: (not ready[r.tag], self._down_until.get(r.tag, 0) > now, self.load(r),
+                                                      (order.index(r) - start) % len(order)))
             for replica in candidates:
                 try:
                     await replica.engine.start_sequence(correlation_id, id_idx, movement_smooth, brow_movement, seed=correlation_id)

@@ -115,7 +115,7 @@ def test_new_sessions_go_to_the_least_loaded_live_replica_and_a_gone_replica_los
         a, b = FakeReplica(), FakeReplica()
         registry = _registry(SessionTokens(), [a, b])
         sessions = [await registry.create(0) for _ in range(4)]
-        assert len(a.sequences) == len(b.sequences) == 2 and sessions[0].replica.engine is a  # ties: the first replica
+        assert len(a.sequences) == len(b.sequences) == 2
         on_a = next(s for s in sessions if s.replica.engine is a)
         a.up = False  # killed: its sequences are gone with it
         with pytest.raises(NotFound, match="start a new session"):
@@ -125,6 +125,18 @@ def test_new_sessions_go_to_the_least_loaded_live_replica_and_a_gone_replica_los
         b.up = False
         with pytest.raises(ServiceUnavailable):
             await registry.create(0)
+    asyncio.run(main())
+
+
+def test_front_ends_that_each_see_no_load_spread_their_sessions_over_the_replicas():
+    """Each front end counts only its own sessions; with every count equal the session's random id picks the place
+    to start from, so independent front ends do not all open on the first replica."""
+    async def main():
+        key, replicas = b"shared" * 6, [FakeReplica(), FakeReplica(), FakeReplica()]
+        for _ in range(60):  # 60 front ends, one session each
+            await _registry(SessionTokens(key), replicas).create(0)
+        counts = [len(replica.sequences) for replica in replicas]
+        assert sum(counts) == 60 and min(counts) >= 5, counts  # ~20 each; fewer than 5 about 3 times in 10^5 runs
     asyncio.run(main())
 
 
