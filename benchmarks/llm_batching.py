@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import logging
 import statistics
 import threading
@@ -26,7 +25,8 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR, WORK_DIR, Report, build, environment_lines, load_average, triton_server
 from benchmarks.common import versions as c_versions
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
-from emoserve.emotion_llama.llm_stream import LlmAnswer, LlmStream
+from emoserve.emotion_llama.llm_stream import LlmAnswer, LlmStream, llm_hidden_size
+from emoserve.model_catalog import EMOTION_LLM_MODEL
 
 log = logging.getLogger("benchmarks.llm_batching")
 
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> None:
 
     started_at, started = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
     repository = build(WORK_DIR / "llm-batching-smollm2", BuildSettings(slices=("emotion_llama",)))
-    llm_folder = repository / "emotion_llama_llm" / "1" / "llm"
-    hidden = json.loads((llm_folder / "config.json").read_text())["hidden_size"]
+    llm_folder = repository / EMOTION_LLM_MODEL / "1" / "llm"
+    hidden = llm_hidden_size(repository)
     bandwidth = measure_bandwidth()
     floor_s = weight_bytes(load_llm(llm_folder)[0]) / bandwidth.copy_bytes_per_s
     server = triton_server(repository, "llm-batching")

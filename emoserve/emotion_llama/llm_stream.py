@@ -10,6 +10,7 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,11 @@ class LlmAnswer:
     metadata: dict
 
 
+def llm_hidden_size(repository: Path) -> int:
+    """The hidden size of the LLM a built model repository holds (the width its multimodal embeddings must have)."""
+    return int(json.loads((repository / EMOTION_LLM_MODEL / "1" / "llm" / "config.json").read_text())["hidden_size"])
+
+
 def fixed_multimodal(hidden: int, seed: int = 0) -> np.ndarray:
     """``[1, NUM_MULTIMODAL_TOKENS, hidden]`` small random embeddings standing in for the encoders' output."""
     return np.random.default_rng(seed).standard_normal((1, NUM_MULTIMODAL_TOKENS, hidden)).astype(np.float32) * 0.02
@@ -53,8 +59,9 @@ class LlmStream:
                  temperature: float = 0.0, clock: Callable[[], float] = time.perf_counter):
         import tritonclient.grpc as grpcclient
 
-        self.clock = clock
         self.responses: queue.Queue = queue.Queue()
+        self._first_delta_at: float | None = None  # set by first_delta, when the caller reads that one alone
+        self._deltas = 0
         self.client = grpcclient.InferenceServerClient(grpc_url)
         self.client.start_stream(callback=lambda result, error: self.responses.put((clock(), result, error)))
         inputs = []
@@ -87,7 +94,7 @@ class LlmStream:
 
     def final(self, timeout_s: float = 120, on_delta: Callable[[int], None] | None = None) -> LlmAnswer:
         """Read up to the final response; ``on_delta(n)`` after the n-th text delta. Raises LlmStreamError."""
-        first, deltas = getattr(self, "_first_delta_at", None), getattr(self, "_deltas", 0)
+        first, deltas = self._first_delta_at, self._deltas
         while True:
             arrived, result, error = self.next(timeout_s)
             if error is not None:

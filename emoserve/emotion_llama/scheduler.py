@@ -64,11 +64,14 @@ class GenerationJob:
     keep_prompt_cache: bool = False  # hand the prompt's own cache to on_finish (label scoring continues it)
 
     @property
+    def prompt_tokens(self) -> int:
+        return int(self.prompt_embeds.shape[0])
+
+    @property
     def kv_reservation(self) -> int:
         """The most cache positions this sequence can ever hold: its prompt and every token it may generate
         (and a second copy of the prompt's when it is kept)."""
-        prompt = int(self.prompt_embeds.shape[0])
-        return prompt * (2 if self.keep_prompt_cache else 1) + self.params.max_new_tokens
+        return self.prompt_tokens * (2 if self.keep_prompt_cache else 1) + self.params.max_new_tokens
 
 
 @dataclass
@@ -135,8 +138,7 @@ class ContinuousBatchScheduler:
     ) -> None:
         for name, value in (("max_active_sequences", max_active_sequences), ("max_batch_tokens", max_batch_tokens),
                             ("max_waiting", max_waiting)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            _check_positive_int(name, value)
         self.model = model
         self.tokenizer = tokenizer
         self.max_active_sequences = max_active_sequences
@@ -164,7 +166,7 @@ class ContinuousBatchScheduler:
         check_prompt_shapes([job.prompt_embeds], hidden=self._table.weight.shape[1])
         if job.kv_reservation > self.max_batch_tokens:
             kept = " (its cache kept for the label scores counts twice)" if job.keep_prompt_cache else ""
-            raise ValueError(f"prompt ({job.prompt_embeds.shape[0]} tokens{kept}) + max_new_tokens "
+            raise ValueError(f"prompt ({job.prompt_tokens} tokens{kept}) + max_new_tokens "
                              f"({job.params.max_new_tokens}) exceeds the KV budget of {self.max_batch_tokens} tokens")
         with self._wake:
             if self._stopping:
@@ -196,9 +198,8 @@ class ContinuousBatchScheduler:
         (torch's thread count is per OpenMP thread: the loop's own, not its starter's)."""
         if self._thread is not None:
             raise RuntimeError("the scheduler loop is already running")
-        if intra_op_threads is not None and (isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int)
-                                             or intra_op_threads < 1):
-            raise ValueError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
+        if intra_op_threads is not None:
+            _check_positive_int("intra_op_threads", intra_op_threads)
         self._thread = threading.Thread(target=self._loop, args=(intra_op_threads,), name="emotion-llama-decode-loop",
                                         daemon=True)
         self._thread.start()
@@ -292,13 +293,13 @@ class ContinuousBatchScheduler:
             return
         for row, seq in enumerate(joining):
             if seq.job.keep_prompt_cache:  # before _choose: a sequence may finish at its first token
-                seq.prompt_cache = PromptCache(_row_cache(out.past_key_values, row, int(mask[row].sum())),
-                                               logits[row].clone(), int(mask[row].sum()))
+                length = seq.job.prompt_tokens
+                seq.prompt_cache = PromptCache(_row_cache(out.past_key_values, row, length), logits[row].clone(), length)
         now = self.clock()
         staying = []
         for row, seq in enumerate(joining):
             seq.stats.first_token_at = now
-            seq.next_position = int(seq.job.prompt_embeds.shape[0])
+            seq.next_position = seq.job.prompt_tokens
             if self._choose(seq, logits[row]):
                 staying.append(row)
         if not staying:
@@ -423,6 +424,11 @@ class ContinuousBatchScheduler:
             running.values = torch.cat([_pad_left(running.values, width), _pad_left(new.values, width)], dim=0)
         self._mask = torch.cat([_pad_left_mask(self._mask, width), _pad_left_mask(mask, width)], dim=0)
         self._active = self._active + list(joining)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _layers(cache) -> list:

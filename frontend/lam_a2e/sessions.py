@@ -94,8 +94,8 @@ class SessionRegistry:
             # sessions spread theirs instead of all picking the first replica
             order = list(self.replicas.values())
             start = correlation_id % len(order)
-            candidates = sorted(order, key=lambda r: (not ready[r.tag], self._down_until.get(r.tag, 0) > now, self.load(r),
-                                                      (order.index(r) - start) % len(order)))
+            candidates = sorted(order[start:] + order[:start],  # a stable sort: ties keep this order
+                                key=lambda r: (not ready[r.tag], self._down_until.get(r.tag, 0) > now, self.load(r)))
             for replica in candidates:
                 try:
                     await replica.engine.start_sequence(correlation_id, id_idx, movement_smooth, brow_movement, seed=correlation_id)

@@ -4,22 +4,15 @@ a request sent while another is decoding joins its batch at the next step and is
 
 from __future__ import annotations
 
-import json
-
-from emoserve.emotion_llama.llm_stream import LlmStream
-from emoserve.model_catalog import EMOTION_LLM_MODEL
+from emoserve.emotion_llama.llm_stream import LlmStream, llm_hidden_size
 
 QUESTION = "The person in video says: Why are you looking at me like this?  [reason] What is the emotional state?"
 LONG_TOKENS = 1000  # EOS ignored (MIN_NEW_TOKENS): long enough to still run when the short one ends
 SHORT_TOKENS = 8
 
 
-def _hidden(tiny_repository) -> int:
-    return json.loads((tiny_repository / EMOTION_LLM_MODEL / "1" / "llm" / "config.json").read_text())["hidden_size"]
-
-
 def test_late_joiner_shares_decode_steps_and_finishes_while_the_first_runs(triton_server, tiny_repository):
-    hidden = _hidden(tiny_repository)
+    hidden = llm_hidden_size(tiny_repository)
     with LlmStream(triton_server.grpc_url, hidden, QUESTION, LONG_TOKENS, min_new_tokens=LONG_TOKENS) as long:
         long.first_delta()  # the first request is decoding now
         with LlmStream(triton_server.grpc_url, hidden, QUESTION, SHORT_TOKENS) as short:
@@ -35,10 +28,10 @@ def test_late_joiner_shares_decode_steps_and_finishes_while_the_first_runs(trito
 
 
 def test_min_new_tokens_is_honoured_and_checked(triton_server, tiny_repository):
-    with LlmStream(triton_server.grpc_url, _hidden(tiny_repository), QUESTION, 24, min_new_tokens=24) as stream:
+    with LlmStream(triton_server.grpc_url, llm_hidden_size(tiny_repository), QUESTION, 24, min_new_tokens=24) as stream:
         answer = stream.final()
     assert len(answer.token_ids) == 24 and answer.metadata["finish_reason"] == "length"
 
-    with LlmStream(triton_server.grpc_url, _hidden(tiny_repository), QUESTION, 4, min_new_tokens=5) as refused:
+    with LlmStream(triton_server.grpc_url, llm_hidden_size(tiny_repository), QUESTION, 4, min_new_tokens=5) as refused:
         _, result, error = refused.next()
     assert result is None and "min_new_tokens" in str(error)

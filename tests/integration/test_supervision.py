@@ -3,7 +3,6 @@ nothing of the dead one left, and the server dies with its launcher (real proces
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -199,10 +198,10 @@ def test_a_killed_llm_stub_mid_generation_ends_the_stream_with_503_and_the_llm_s
     decoupled model whose stub died (its python backend has no fail-over for decoupled models), so the front end's
     silence limit answers the client: the stream ends with a 503 error event, not a hang and not a "done" with a cut
     answer. The supervisor reloads the model, and REST and Triton-direct requests are answered in full again."""
-    from emoserve.emotion_llama.llm_stream import LlmStream, LlmStreamError
+    from emoserve.emotion_llama.llm_stream import LlmStream, LlmStreamError, llm_hidden_size
     from emoserve.model_catalog import EMOTION_LLM_MODEL
 
-    hidden = json.loads((llm_repository / EMOTION_LLM_MODEL / "1" / "llm" / "config.json").read_text())["hidden_size"]
+    hidden = llm_hidden_size(llm_repository)
     body = {"video_path": str(PROJECT_ROOT / "examples" / "sample_emotion.mp4"), "question": "[reason] Why?"}
     silence_limit_s = 10
     server = TritonServer(options(llm_repository)).start()
