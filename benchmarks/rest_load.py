@@ -495,7 +495,8 @@ def build_scenarios(http, sdk, engines, inputs: Inputs, plan: Plan) -> list[Scen
                  lambda: asyncio.to_thread(rest_hallo2), triton_hallo2, hallo2_timeout, "task",
                  f"`{c.PORTRAIT_PNG.relative_to(c.PROJECT_ROOT)}` + {HALLO2_AUDIO_SECONDS:g} s of speech, {plan.hallo2_steps} "
                  f"denoising steps, guidance {HALLO2_GUIDANCE_SCALE:g}, no cache. REST = `inference` (upload), then "
-                 f"`wait_and_download` (status every {HALLO2_POLL_INTERVAL_S * 1000:.0f} ms, then the video). One task at a "
+                 "`wait_and_download` (it follows the task's event stream `GET /api/v1/tasks/{id}/events`, then downloads "
+                 "the video). One task at a "
                  "time in the front end and one `hallo2` instance: both paths run the pipeline one request at a time. "
                  "No per-level warm-up.", warmup_rounds=0, stats_models=tuple(mc.HALLO2_NETWORK_MODELS)),
     ]

@@ -94,6 +94,10 @@ class Hallo2Settings(BaseModel):
         "unset: true for an SQLite database whose one worker is the front end's embedded one, else tasks come back when "
         "their lease (stale_after_s) expires")
     poll_interval_s: float = Field(HALLO2.poll_interval_s, gt=0, description="how often a worker looks for tasks queued by other replicas")
+    events_recheck_s: float = Field(HALLO2.events_recheck_s, gt=0, description="a task event stream reads changes made by "
+                                    "other replicas this often (this front end's own are sent at once)")
+    events_keepalive_s: float = Field(HALLO2.events_keepalive_s, gt=0, description="a quiet task event stream gets a "
+                                      "comment line this often")
     cancel_grace_s: float = Field(HALLO2.cancel_grace_s, ge=0, description="a cancelled runner is cancelled outright after this")
     task_timeout_s: float = Field(HALLO2.task_timeout_s, gt=0, description="one task's whole Triton call")
     progress_timeout_s: float = Field(HALLO2.progress_timeout_s, gt=0, description="the longest wait for the next progress response")

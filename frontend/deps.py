@@ -1,5 +1,8 @@
 """Request-scoped dependencies shared by the slices: settings, a model engine from the app state, the API key
-check, bounded upload reads. Each slice's own engine dependency is in ``frontend/<model>/engine.py``."""
+check, bounded upload reads. Each slice's own engine dependency is in ``frontend/<model>/engine.py``.
+
+Dependencies that do not block are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a
+thread hand-off per dependency per request (a Hallo2 status poll paid two)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from frontend.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Una
 _READ_BLOCK = 1 << 20
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -44,7 +47,7 @@ def client_key(request: Request) -> str:
     return "address:" + (request.client.host if request.client else "unknown")
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     expected = request.app.state.settings.api_key
     if not expected:
         return

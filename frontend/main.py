@@ -26,7 +26,7 @@ from frontend.lam_a2e.engine import LamA2EEngine, Replica, ReplicaSet, TritonLam
 from frontend.lam_a2e.sessions import SessionRegistry
 from frontend.lam_a2e.tokens import SessionTokens
 from frontend.limits import BodyLimit, ConcurrencyLimit, OriginCheck, RateLimit, route_body_limits
-from frontend.observability import install_request_tracking
+from frontend.observability import RequestTracking
 from frontend.openapi import install_openapi
 from frontend.triton import TritonEngine
 from frontend.ui.router import install_ui
@@ -106,7 +106,7 @@ def create_app(
     if settings.documented_ports:
         app.add_middleware(DocumentedPorts, settings=settings)
     install_openapi(app)
-    install_request_tracking(app)  # outermost: counts and tags every answer
+    app.add_middleware(RequestTracking)  # outermost: counts and tags every answer
     app.include_router(ops.router)
     install_ui(app)
     slice_routers = [router for model in (lam_a2e, emotion_llama, hallo2) for router in (model.public, model.protected)]

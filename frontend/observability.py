@@ -15,8 +15,10 @@ import re
 import time
 import uuid
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frontend.errors import internal_error_response
 
@@ -40,35 +42,52 @@ HALLO2_OUTCOMES = Counter("emoserve_hallo2_task_outcomes_total",
 UNMATCHED_ROUTE = "unmatched"
 
 
-def _route_template(request: Request) -> str:
-    route = request.scope.get("route")
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
     return getattr(route, "path", None) or UNMATCHED_ROUTE  # templates, not paths: one series per route
 
 
-def install_request_tracking(app: FastAPI) -> None:
+class RequestTracking:
     """A request id (the client's ``X-Request-ID`` or a new one) on the response and every log line of the request;
-    request counts and latencies by route template."""
+    request counts and latencies by route template.
 
-    @app.middleware("http")
-    async def track_requests(request: Request, call_next):
-        offered = request.headers.get(REQUEST_ID_HEADER, "")
+    Pure ASGI rather than ``@app.middleware("http")``: ``BaseHTTPMiddleware`` runs every request in a task group
+    with a memory stream between it and the server, about 0.4 ms of CPU per request, which a status poll or a
+    streaming chunk pays on cores shared with Triton.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        offered = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 500
+        status, time_to_start = 500, None
+
+        async def send_tagged(message: Message) -> None:
+            nonlocal status, time_to_start
+            if message["type"] == "http.response.start":
+                status, time_to_start = message["status"], time.perf_counter() - started
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
         try:
-            try:
-                response = await call_next(request)
-            except Exception:  # a defect: logged with its traceback, answered without one
-                log.exception("%s %s failed", request.method, request.url.path)
-                response = internal_error_response(request, request_id)
-            status = response.status_code
-            response.headers[REQUEST_ID_HEADER] = request_id
-            return response
+            await self.app(scope, receive, send_tagged)
+        except Exception:  # a defect: logged with its traceback, answered without one
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            if time_to_start is not None:
+                raise  # the response is under way: the server can only drop the connection
+            await internal_error_response(Request(scope), request_id)(scope, receive, send_tagged)
         finally:
-            route = _route_template(request)
-            HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-            HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+            route = _route_template(scope)
+            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            HTTP_LATENCY.labels(scope["method"], route).observe(time_to_start if time_to_start is not None
+                                                                 else time.perf_counter() - started)
             request_id_var.reset(token)
 
 

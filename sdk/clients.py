@@ -52,6 +52,18 @@ def question_for(task: str, sentence: str | None = None) -> str:
     return f"The person in video says: {sentence}. {prompt}" if sentence else prompt
 
 
+def _sse_events(response: httpx.Response) -> Iterator[tuple[str, str]]:
+    """(event, data) of each server-sent event, and ("", "") for each comment line (a keep-alive)."""
+    event = None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event or "message", line[6:]
+        elif line.startswith(":"):
+            yield "", ""
+
+
 class _RestClient:
     """One httpx client per SDK client, or the caller's (then the caller closes it)."""
 
@@ -123,19 +135,18 @@ class EmotionLLaMA(_RestClient):
             if response.status_code != 200:
                 response.read()
                 self._body(response)
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    payload = json.loads(line[6:])
-                    if event == "token":
-                        yield payload["delta"]
-                    elif event == "error":
-                        raise EmotionLLaMAError(payload.get("code", 500), payload.get("error", "error"), payload.get("details"))
+            for event, data in _sse_events(response):
+                payload = json.loads(data)
+                if event == "token":
+                    yield payload["delta"]
+                elif event == "error":
+                    raise EmotionLLaMAError(payload.get("code", 500), payload.get("error", "error"), payload.get("details"))
 
 
 # -- Hallo2 ------------------------------------------------------------------------------------------------
+
+
+_TASK_NOT_FOUND = "TASK_NOT_FOUND"  # the error_code of an unknown task (a 404 from a route that exists)
 
 
 class Hallo2Error(RuntimeError):
@@ -251,19 +262,60 @@ class Hallo2Client(_RestClient):
         partial.replace(output)
         return output
 
+    def follow(self, task_id: str) -> Iterator[dict]:
+        """The task's status (the :meth:`status` body) now and after each change until it is finished, from the
+        server's event stream (``GET /api/v1/tasks/{id}/events``): no polling, and the end is seen at once."""
+        return (state for state in self._follow(task_id) if state is not None)
+
+    def _follow(self, task_id: str) -> Iterator[dict | None]:
+        """:meth:`follow`, with None at each keep-alive (a waiting caller's chance to give up)."""
+        import json
+
+        with self._client.stream("GET", f"/api/v1/tasks/{task_id}/events") as response:
+            if response.status_code != 200:
+                response.read()
+                self._json(response)
+            for event, data in _sse_events(response):
+                if event == "status":
+                    yield json.loads(data)
+                elif event == "":
+                    yield None
+                elif event == "error":
+                    body = json.loads(data)
+                    raise Hallo2Error(f"task {task_id}: {body.get('detail')}", None, body.get("error_code"))
+
+    def _states(self, task_id: str, poll_s: float) -> Iterator[dict | None]:
+        """:meth:`_follow`; polling :meth:`status` every ``poll_s`` from a server without the event stream, or after
+        the stream ended before the task did."""
+        import time
+
+        try:
+            yield from self._follow(task_id)
+        except Hallo2Error as exc:
+            if exc.status_code not in (404, 405) or exc.error_code == _TASK_NOT_FOUND:
+                raise
+        while True:
+            yield self.status(task_id)
+            time.sleep(poll_s)
+
     def wait_and_download(self, task_id: str, output_path: str | Path, poll_s: float = 2.0, timeout_s: float = 3600.0,
                           progress: bool = True) -> Path:
-        """Poll until the task ends (a progress bar meanwhile), then download its video.
+        """Wait until the task ends (a progress bar meanwhile), then download its video. The wait follows the task's
+        event stream; against a server without one it polls the status every ``poll_s``.
 
-        Raises :class:`Hallo2Error` when the task failed or was cancelled, :class:`TimeoutError` after ``timeout_s``.
+        Raises :class:`Hallo2Error` when the task failed or was cancelled, :class:`TimeoutError` after ``timeout_s``
+        (checked at each status change or keep-alive of the stream, or each poll).
         """
         import time
 
         bar = _Progress(task_id, progress)
         deadline = time.monotonic() + timeout_s
         try:
-            while True:
-                state = self.status(task_id)
+            for state in self._states(task_id, poll_s):
+                if state is None:  # a keep-alive
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"task {task_id} did not finish within {timeout_s:.0f}s")
+                    continue
                 bar.update(int(state.get("progress") or 0), state.get("status_message"))
                 if state["status"] == "completed":
                     break
@@ -274,7 +326,6 @@ class Hallo2Client(_RestClient):
                     raise TimeoutError(
                         f"task {task_id} did not finish within {timeout_s:.0f}s (status {state['status']}, {state.get('progress')}%)"
                     )
-                time.sleep(poll_s)
         finally:
             bar.close()
         return self.download(task_id, output_path)

@@ -38,6 +38,10 @@ class Hallo2Defaults:
     heartbeat_interval_s: float = 10.0
     stale_after_s: float = 60.0  # a processing task without a heartbeat this long is re-queued
     poll_interval_s: float = 1.0  # how often a worker looks for tasks queued by other replicas
+    # GET /api/v1/tasks/{id}/events: a change made by another replica's worker is read this often (this process's
+    # own changes are sent at once), and a quiet stream gets a comment line this often (proxies drop silent ones)
+    events_recheck_s: float = 0.5
+    events_keepalive_s: float = 15.0
     cancel_grace_s: float = 10.0  # a cancelled runner is cancelled outright after this
     # the task's Triton stream: all of it, and between two progress responses (a hung server is not waited on forever)
     task_timeout_s: float = 3600.0

@@ -107,7 +107,7 @@ class TritonEmotionLlamaEngine:
             raise ServiceUnavailable(f"Emotion-LLaMA did not answer within {timeout_s:.0f}s") from None
 
 
-def get_engine(request: Request) -> EmotionLlamaEngine:
+async def get_engine(request: Request) -> EmotionLlamaEngine:
     return engine_from_state(request, "emotion_llama_engine")
 
 

@@ -7,7 +7,6 @@ found), 413 (too large), 500 (inference failed), 503 (model not loaded / Triton 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from frontend.errors import (
     documented_errors,
     error_body,
 )
+from frontend.sse import event_stream, event_stream_responses, sse_event
 
 # every Emotion-LLaMA route needs the API key: ``public`` is empty, kept for the same shape as the other slices
 public = APIRouter(tags=["Emotion-LLaMA", ERROR_FIELD_TAG], responses=documented_errors(FieldsError))
@@ -164,12 +164,8 @@ async def analyze_upload(
     return video_answer(event, time.perf_counter() - started)
 
 
-def _sse(event: str, payload: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
-
-
-@protected.post("/process_video/stream", summary="The /process_video job as server-sent events",
-             response_description="text/event-stream: `token` events {delta}, then `done` (the /process_video body) or `error`")
+@protected.post("/process_video/stream", summary="The /process_video job as server-sent events", response_class=StreamingResponse,
+                responses=event_stream_responses("`token` events {delta}, then `done` (the /process_video body) or `error`"))
 async def process_video_stream(body: VideoQuestion, request: Request, engine: EngineDep, settings: SettingsDep) -> StreamingResponse:
     started = time.perf_counter()
     question = checked_question(body.question, settings)
@@ -187,15 +183,15 @@ async def process_video_stream(body: VideoQuestion, request: Request, engine: En
                 if await request.is_disconnected():
                     return  # closing the stream cancels the Triton request
                 if event.final:
-                    yield _sse("done", video_answer(event, time.perf_counter() - started).model_dump())
+                    yield sse_event("done", video_answer(event, time.perf_counter() - started).model_dump())
                     return
-                yield _sse("token", {"delta": event.delta})
+                yield sse_event("token", {"delta": event.delta})
                 event = await anext(stream)
         except StopAsyncIteration:
             return
         except ApiError as exc:
-            yield _sse("error", error_body(request, exc.status_code, exc.detail, exc.details))
+            yield sse_event("error", error_body(request, exc.status_code, exc.detail, exc.details))
         finally:
             await stream.aclose()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return event_stream(events())

@@ -2,7 +2,8 @@
 
 Routes: ``GET /health``, and under ``/api/v1``: ``GET /health``, ``POST /inference/hallo2``,
 ``POST /inference/hallo2/config`` (and ``GET`` of it, an addition), ``GET /tasks``, ``GET /tasks/{id}``,
-``GET /tasks/{id}/video``, ``POST /tasks/{id}/logs``, ``DELETE /tasks/{id}``.
+``GET /tasks/{id}/video``, ``POST /tasks/{id}/logs``, ``DELETE /tasks/{id}``, and ``GET /tasks/{id}/events`` (an
+addition: the status as server-sent events, so a client waits without polling).
 
 Errors: ``{"detail", "error_code"}`` (``DELETE`` adds the documented ``"status": "error"``), with the codes
 in :class:`Codes`. Statuses: the documented ``queued``/``processing``/``completed``/``failed`` plus
@@ -16,14 +17,17 @@ arrives) is refused by the app's body limit (``frontend/limits.py``) with a 413 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 
 from emoserve.audio import AudioDecodeError, AudioTooLong, decode_audio
@@ -41,6 +45,7 @@ from frontend.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     documented_errors,
+    error_body,
 )
 from frontend.hallo2.schemas import (
     ConfigUpdated,
@@ -66,6 +71,7 @@ from frontend.hallo2.tasks import (
     iso_utc,
 )
 from frontend.observability import request_id_var
+from frontend.sse import KEEPALIVE, event_stream, event_stream_responses, sse_event
 
 if TYPE_CHECKING:
     from frontend.hallo2.service import Hallo2Service
@@ -99,7 +105,7 @@ protected = APIRouter(prefix=API_PREFIX, tags=["Hallo2", ERROR_CODE_TAG], depend
                       responses=documented_errors(CodeError))
 
 
-def get_service(request: Request) -> Hallo2Service:
+async def get_service(request: Request) -> Hallo2Service:
     service = getattr(request.app.state, "hallo2", None)
     if service is None or service.store is None:
         raise ServiceUnavailable("the Hallo2 task service is not running", error_code=Codes.SERVICE_NOT_READY)
@@ -266,6 +272,32 @@ async def list_tasks(
 @protected.get("/tasks/{task_id}", response_model=TaskStatus, summary="Task status")
 async def get_task(task_id: str, service: ServiceDep) -> TaskStatus:
     return task_status(await existing_task(service, task_id))
+
+
+@protected.get("/tasks/{task_id}/events", summary="Follow a task: its status as server-sent events (addition)",
+               response_class=StreamingResponse, responses=event_stream_responses(
+                   "a `status` event (the GET /api/v1/tasks/{task_id} body) now and after each change; the stream ends "
+                   "after the completed, failed or cancelled one, or with an `error` event; comment lines keep it alive"))
+async def follow_task(task_id: str, request: Request, service: ServiceDep) -> StreamingResponse:
+    task = await existing_task(service, task_id)  # an unknown task is a 404 before the stream starts
+    recheck_s, keepalive_s = service.settings.events_recheck_s, service.settings.events_keepalive_s
+
+    async def events() -> AsyncIterator[bytes]:
+        last_sent = time.monotonic()
+        try:
+            async with contextlib.aclosing(service.store.watch(task.task_id, recheck_s)) as snapshots:
+                async for snapshot in snapshots:
+                    if snapshot is not None:
+                        yield sse_event("status", task_status(snapshot).model_dump_json())
+                    elif time.monotonic() - last_sent >= keepalive_s:
+                        yield KEEPALIVE
+                    else:
+                        continue
+                    last_sent = time.monotonic()
+        except ApiError as exc:  # the task database stopped answering
+            yield sse_event("error", error_body(request, exc.status_code, exc.detail, exc.details, exc.error_code))
+
+    return event_stream(events())
 
 
 @protected.get("/tasks/{task_id}/video", summary="Download the generated video",

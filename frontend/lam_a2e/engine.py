@@ -180,7 +180,7 @@ class ReplicaSet:
         return await (await self._one()).engine.infer_whole_audio(audio, id_idx, movement_smooth, brow_movement, seed)
 
 
-def get_engine(request: Request) -> ReplicaSet:
+async def get_engine(request: Request) -> ReplicaSet:
     return engine_from_state(request, "lam_a2e_engine")
 
 

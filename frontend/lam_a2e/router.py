@@ -47,7 +47,7 @@ public = APIRouter(tags=["LAM-A2E"], responses=documented_errors(DetailError))
 protected = APIRouter(prefix="/api", tags=["LAM-A2E"], dependencies=[Depends(require_api_key)], responses=documented_errors(DetailError))
 
 
-def get_sessions(request: Request) -> SessionRegistry:
+async def get_sessions(request: Request) -> SessionRegistry:
     return engine_from_state(request, "sessions")
 
 

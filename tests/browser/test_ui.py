@@ -4,7 +4,9 @@ by their accessible names, as a screen reader finds them."""
 from __future__ import annotations
 
 import json
+import re
 import time
+from urllib.parse import urlparse
 
 from playwright.sync_api import Page, expect
 
@@ -105,10 +107,16 @@ def test_talking_head_progress_reaches_100_and_the_video_plays(page: Page, tmp_p
         window.progressValues = [];
         new MutationObserver(() => window.progressValues.push(bar.value)).observe(bar, {attributes: true});
     }""")
+    task_requests: list[str] = []
+    page.on("request", lambda request: task_requests.append(urlparse(request.url).path)
+            if "/api/v1/tasks/" in request.url else None)
     page.get_by_role("button", name="Generate").click()
 
     video = page.get_by_label("Result video")
     page.wait_for_function("() => document.querySelector('[aria-label=\"Result video\"]').duration > 0", timeout=180_000)
+    # the page followed the task's event stream: no status polls
+    assert [path for path in task_requests if path.endswith("/events")] and not [
+        path for path in task_requests if re.fullmatch(r"/api/v1/tasks/[0-9a-f-]{36}", path)], task_requests
     assert video.evaluate("video => video.duration") > 0.5
     values = page.evaluate("window.progressValues")
     assert values and values[-1] == 100 and values == sorted(values), values

@@ -30,6 +30,7 @@ from emoserve.model_catalog import (
     RESULT_METADATA,
     VIDEO_MP4,
 )
+from sdk import Hallo2Client
 from stack.processes import FrontendProcess
 from tests.conftest import EXAMPLES, speech_like
 
@@ -189,6 +190,32 @@ def test_cancel_running_and_queued_tasks(hallo2_api, inputs):
     # the pipeline stopped: the next task runs at once
     follow_up = submit(client, *inputs)
     assert wait_for(client, follow_up, {"completed", "failed"}, timeout_s=120)["status"] == "completed"
+
+
+def test_a_task_followed_by_its_event_stream_ends_as_its_status_says(hallo2_api, inputs, tmp_path):
+    client, frontend, _ = hallo2_api
+    task_id = submit(client, *inputs)
+    sdk = Hallo2Client(frontend.base_url, client=client)
+    states = list(sdk.follow(task_id))  # ends by itself: no polling, no deadline of the test's own
+    assert states[-1] == client.get(f"/api/v1/tasks/{task_id}").json()
+    assert states[-1]["status"] == "completed" and [s["status"] for s in states[:-1]] != []
+    assert {s["status"] for s in states[:-1]} <= {"queued", "processing"}
+    progress = [s["progress"] for s in states]
+    assert progress == sorted(progress) and len(set(progress)) > 2  # the steps in between, in order
+    assert any("step" in (s["status_message"] or "") for s in states)
+
+    # a finished task's stream: its status once; an unknown task: the status route's 404, before any stream
+    with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as again:
+        assert again.status_code == 200 and again.headers["content-type"].startswith("text/event-stream")
+        body = again.read().decode()
+    assert body.count("event: status") == 1 and '"status":"completed"' in body
+    unknown = client.get("/api/v1/tasks/00000000-0000-0000-0000-000000000000/events")
+    assert unknown.status_code == 404 and unknown.json()["error_code"] == "TASK_NOT_FOUND"
+
+    # the documented client's wait, now on the stream: the video arrives as the status route serves it
+    second = submit(client, *inputs)
+    path = sdk.wait_and_download(second, tmp_path / "second.mp4", poll_s=3600, progress=False)  # polling would wait an hour
+    assert path.read_bytes() == client.get(f"/api/v1/tasks/{second}/video").content
 
 
 def test_bad_files_and_unknown_tasks(hallo2_api, inputs):

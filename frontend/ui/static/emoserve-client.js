@@ -34,6 +34,28 @@ function form(fields) {
   return data;
 }
 
+// The server-sent events of a response body: {event, data} with data parsed as JSON; comment lines (keep-alives)
+// are skipped.
+async function* sseEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffered = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffered += value;
+    let end;
+    while ((end = buffered.indexOf("\n\n")) >= 0) {
+      const lines = buffered.slice(0, end).split("\n");
+      buffered = buffered.slice(end + 2);
+      const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5));
+      if (!data.length) continue;
+      yield { event: lines.find((l) => l.startsWith("event:"))?.slice(6).trim(), data: JSON.parse(data.join("\n")) };
+    }
+  }
+}
+
+const FINISHED_TASK = ["completed", "failed", "cancelled"];
+
 // 16-bit PCM WAV of mono float samples: what a streaming chunk is sent as (the server resamples any rate).
 export function encodeWav(samples, sampleRate) {
   const buffer = new ArrayBuffer(44 + samples.length * 2);
@@ -113,22 +135,10 @@ export class EmoserveClient {
     const response = await this.fetch("POST", "/process_video/stream", {
       json: { video_path: videoPath, question, max_new_tokens: maxNewTokens },
     });
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffered = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffered += value;
-      let end;
-      while ((end = buffered.indexOf("\n\n")) >= 0) {
-        const lines = buffered.slice(0, end).split("\n");
-        buffered = buffered.slice(end + 2);
-        const event = lines.find((l) => l.startsWith("event:"))?.slice(6).trim();
-        const data = JSON.parse(lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5)).join("\n"));
-        if (event === "token") yield data;
-        else if (event === "done") return data;
-        else if (event === "error") throw new ApiError(data.code ?? 500, data);
-      }
+    for await (const { event, data } of sseEvents(response)) {
+      if (event === "token") yield data;
+      else if (event === "done") return data;
+      else if (event === "error") throw new ApiError(data.code ?? 500, data);
     }
     throw new ApiError(500, { error: "the answer stream ended before its last event" });
   }
@@ -173,12 +183,24 @@ export class EmoserveClient {
     return (await this.fetch("GET", `/api/v1/tasks/${taskId}/video`)).blob();
   }
 
-  // Polls a task until it ends, calling onProgress with each status; the final status (completed, failed, cancelled).
+  // Follows a task until it ends, calling onProgress with each status; the final status (completed, failed,
+  // cancelled). The task's event stream tells each change as it happens; a server without one is polled every pollMs.
   async waitForTask(taskId, onProgress, pollMs = 500) {
-    for (;;) {
+    try {
+      const response = await this.fetch("GET", `/api/v1/tasks/${taskId}/events`);
+      for await (const { event, data } of sseEvents(response)) {
+        if (event === "error") throw new ApiError(503, data);
+        onProgress?.(data);
+        if (FINISHED_TASK.includes(data.status)) return data;
+      }
+    } catch (error) {
+      const noStream = error instanceof ApiError && [404, 405].includes(error.status) && error.code !== "TASK_NOT_FOUND";
+      if (!noStream) throw error;
+    }
+    for (;;) {  // no stream, or it ended before the task did
       const status = await this.task(taskId);
       onProgress?.(status);
-      if (["completed", "failed", "cancelled"].includes(status.status)) return status;
+      if (FINISHED_TASK.includes(status.status)) return status;
       await new Promise((resolve) => setTimeout(resolve, pollMs));
     }
   }

@@ -10,6 +10,7 @@ import uuid
 from fractions import Fraction
 
 import av
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -295,6 +296,50 @@ def test_sdk_client_waits_and_downloads(client, tmp_path):
     with pytest.raises(Hallo2Error) as error:
         sdk.wait_and_download(failing, tmp_path / "never.mp4", poll_s=0.05, timeout_s=30, progress=False)
     assert error.value.status == "failed" and not (tmp_path / "never.mp4").exists()
+
+
+def test_the_sdk_wait_gives_up_at_its_timeout_on_a_quiet_event_stream(settings, gate, tmp_path):
+    quiet = settings.model_copy(update={"hallo2": settings.hallo2.model_copy(update={"events_keepalive_s": 0.1})})
+    gate.open.clear()  # the task stays at its first progress message
+    try:
+        with TestClient(create_app(quiet, hallo2_engine=gate)) as client:
+            sdk = Hallo2Client("http://testserver", client=client)
+            task_id = submit(client).json()["task_id"]
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                sdk.wait_and_download(task_id, tmp_path / "late.mp4", poll_s=3600, timeout_s=0.5, progress=False)
+            assert time.monotonic() - started < 10  # the keep-alives let it look at the clock
+            assert client.get(f"/api/v1/tasks/{task_id}").json()["status"] == "processing"  # waiting ended, not the task
+    finally:
+        gate.open.set()
+
+
+def test_the_sdk_polls_a_server_without_the_event_stream(tmp_path):
+    """A server of the document's own (no ``/events`` route: 404 without TASK_NOT_FOUND): the SDK waits by polling."""
+    task_id, polls = str(uuid.uuid4()), []
+
+    def older_server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(404, json={"detail": "Not Found"})
+        if request.url.path.endswith("/video"):
+            return httpx.Response(200, content=b"mp4 bytes", headers={"content-type": "video/mp4"})
+        polls.append(request.url.path)
+        done = len(polls) >= 3
+        return httpx.Response(200, json={"task_id": task_id, "status": "completed" if done else "processing",
+                                         "progress": 100 if done else 50, "status_message": None})
+
+    with httpx.Client(base_url="http://older", transport=httpx.MockTransport(older_server)) as http:
+        sdk = Hallo2Client("http://older", client=http)
+        output = sdk.wait_and_download(task_id, tmp_path / "out.mp4", poll_s=0.01, progress=False)
+        assert output.read_bytes() == b"mp4 bytes" and polls == [f"/api/v1/tasks/{task_id}"] * 3
+
+    def unknown_task(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"detail": f"Task {task_id} not found", "error_code": "TASK_NOT_FOUND"})
+
+    with httpx.Client(base_url="http://new", transport=httpx.MockTransport(unknown_task)) as http:
+        with pytest.raises(Hallo2Error) as unknown:  # a 404 naming the task is the answer, not a reason to poll
+            Hallo2Client("http://new", client=http).wait_and_download(task_id, tmp_path / "never.mp4", poll_s=3600)
+        assert unknown.value.error_code == "TASK_NOT_FOUND"
 
 
 def test_each_route_has_its_own_body_limit_counted_as_bytes_arrive(client, settings):

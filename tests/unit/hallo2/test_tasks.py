@@ -511,3 +511,76 @@ def test_progress_is_coalesced_per_phase(tmp_path):
         assert "Preprocessing image..." in logs and "clip 1/1 step 1/50" in logs and "clip 1/1 decoded" in logs
         assert logs.count("step ") == 1  # 49 steps of the same phase coalesced
     asyncio.run(main())
+
+
+# -- following a task ---------------------------------------------------------------------------------------
+
+def test_a_watch_sends_each_change_and_ends_with_the_finished_task(tmp_path):
+    async def main():
+        store = make_store(tmp_path)
+        [task_id] = await create(store)
+        seen: list[tuple[str, int]] = []
+        quiet = 0
+
+        async def follow():
+            nonlocal quiet
+            # a recheck long past the test's timeout: only this store's own changes can wake the watcher in time
+            async for task in store.watch(task_id, recheck_s=600):
+                if task is None:
+                    quiet += 1
+                else:
+                    seen.append((task.status, task.progress))
+
+        watcher = asyncio.create_task(follow())
+        await wait_for(lambda: asyncio.sleep(0, result=seen == [(QUEUED, 0)]))
+        assert store.watching() == 1
+        await store.claim_next("owner")
+        await wait_for(lambda: asyncio.sleep(0, result=len(seen) == 2))
+        await store.update_progress(task_id, "owner", 40, "step 1/2")
+        await wait_for(lambda: asyncio.sleep(0, result=len(seen) == 3))
+        assert not await store.update_progress(task_id, "intruder", 90, "refused")  # no change, no event
+        await store.complete(task_id, "owner", VIDEO, {})
+        await asyncio.wait_for(watcher, 10)
+        assert seen == [(QUEUED, 0), (PROCESSING, 0), (PROCESSING, 40), (COMPLETED, 100)] and quiet == 0
+        assert store.watching() == 0
+
+        # a finished task: its status once, then the end
+        assert [task.status async for task in store.watch(task_id, recheck_s=600)] == [COMPLETED]
+        assert [task async for task in store.watch("00000000-0000-0000-0000-000000000000", recheck_s=600)] == []
+    asyncio.run(main())
+
+
+def test_a_watch_reads_changes_made_by_another_replica_at_its_recheck(tmp_path):
+    async def main():
+        store, other_replica = make_store(tmp_path), make_store(tmp_path)
+        [task_id] = await create(store)
+        updates: list[str | None] = []
+
+        async def follow():
+            async for task in store.watch(task_id, recheck_s=0.05):
+                updates.append(None if task is None else task.status)
+
+        watcher = asyncio.create_task(follow())
+        await wait_for(lambda: asyncio.sleep(0, result=None in updates))  # quiet rechecks say so
+        assert (await other_replica.cancel(task_id))[0]  # no wake-up in this process: the recheck finds it
+        await asyncio.wait_for(watcher, 10)
+        assert updates[0] == QUEUED and updates[-1] == CANCELLED and set(updates[1:-1]) == {None}
+        assert store.watching() == 0
+    asyncio.run(main())
+
+
+def test_a_closed_watch_leaves_no_watcher(tmp_path):
+    async def main():
+        store = make_store(tmp_path)
+        [task_id] = await create(store)
+        watch = store.watch(task_id, recheck_s=600)
+        assert (await anext(watch)).status == QUEUED
+        follower = asyncio.create_task(anext(watch))  # waiting for a change, as a stream to a client does
+        await asyncio.sleep(0.05)
+        assert store.watching() == 1
+        follower.cancel()  # the client went away
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+        await watch.aclose()
+        assert store.watching() == 0
+    asyncio.run(main())
