@@ -253,20 +253,23 @@ class TaskWorker:
         inputs = TaskInputs(task.task_id, image, audio, task.use_cache, task.guidance_scale, task.inference_steps,
                             task.image_path, task.audio_path)
 
-        last_write, last_shape, last_percent = -float("inf"), None, -1.0
+        last_write, seen_shapes, last_percent = -float("inf"), set(), -1.0
 
         async def progress(percent: int, message: str) -> None:
-            nonlocal last_write, last_shape, last_percent
+            nonlocal last_write, last_percent
             if entry.cancel.is_set():
                 return
-            # coalesced: a row update and a log line per denoising step ("clip 1/7 step 3/40") would grow the task's
-            # logs with its length; a new phase ("Preprocessing image...") and a start again (a retry's 0 %) are
-            # always written
+            # coalesced: a row update and a log line per denoising step and clip ("clip 1/7 step 3/40", "clip 1/7
+            # decoded") would grow the task's logs with its length, and each costs the front end a write and a
+            # status event; so within progress_interval_s of the last write only the first message of each kind
+            # ("Preprocessing image...", the first "clip # step #") is written, and the end (100 %) and a start
+            # again (a retry's 0 %) always are
             shape = _DIGITS.sub("#", message)
             advancing = last_percent < percent < 100
-            if shape == last_shape and advancing and time.monotonic() - last_write < self.progress_interval_s:
+            if shape in seen_shapes and advancing and time.monotonic() - last_write < self.progress_interval_s:
                 return
-            last_write, last_shape, last_percent = time.monotonic(), shape, percent
+            seen_shapes.add(shape)
+            last_write, last_percent = time.monotonic(), percent
             try:
                 if not await store.update_progress(task.task_id, self.worker_id, percent, message):
                     entry.cancel.set()  # no longer ours: cancelled (or re-queued) in the database

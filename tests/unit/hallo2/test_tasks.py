@@ -513,6 +513,36 @@ def test_progress_is_coalesced_per_phase(tmp_path):
     asyncio.run(main())
 
 
+async def _completed(store: TaskStore, task_id: str) -> bool:
+    return (await store.get(task_id)).status == COMPLETED
+
+
+def test_progress_of_alternating_kinds_is_coalesced_too(tmp_path):
+    """The pipeline's messages alternate between two kinds per clip: within the interval each kind is written once."""
+    async def runner(inputs, progress, cancel):
+        for clip in range(7):
+            for step in range(2):
+                await progress(10 + 12 * clip + 5 * step, f"clip {clip + 1}/7 step {step + 1}/2")
+            await progress(20 + 12 * clip, f"clip {clip + 1}/7 decoded")
+        await progress(100, "done")
+        return OUTPUT
+
+    async def main():
+        store = make_store(tmp_path)
+        worker = fast_worker(store, runner, progress_interval_s=60.0)
+        await worker.start()
+        try:
+            (task_id,) = await create(store)
+            worker.wake()
+            await wait_for(lambda: _completed(store, task_id))
+        finally:
+            await worker.stop()
+        logs = (await store.get(task_id)).logs
+        assert logs.count(" step ") == 1 and logs.count(" decoded") == 1 and "clip 1/7 decoded" in logs
+        assert "[INFO] done" in logs  # the end is always written
+    asyncio.run(main())
+
+
 # -- following a task ---------------------------------------------------------------------------------------
 
 def test_a_watch_sends_each_change_and_ends_with_the_finished_task(tmp_path):
