@@ -52,8 +52,11 @@ CHUNK_SECONDS = 1.0
 REALTIME_P99_LIMIT_S = 1.0  # capacity criterion: p99 chunk latency below the chunk duration
 HALLO2_AUDIO_SECONDS = 1.0
 HALLO2_GUIDANCE_SCALE = 3.5  # upstream's default
-HALLO2_POLL_INTERVAL_S = 0.05
-HALLO2_MAX_CONCURRENT_TASKS = 1  # the front end's default; the Triton `hallo2` model has one instance anyway
+HALLO2_POLL_INTERVAL_S = 0.05  # only against a front end without the task event stream (the SDK then polls)
+# as many tasks in flight as the deepest level sends, so both paths keep the same number of requests at Triton (its one
+# `hallo2` instance runs them one at a time either way); the default, 1, queues them in the front end instead, which
+# measures the queue's policy, not the front end's overhead
+HALLO2_MAX_CONCURRENT_TASKS = 4
 GREEDY_SEED = 0
 CLEANUP_TIMEOUT_S = 5.0  # closing a session / cancelling a task left behind by a failed or timed-out request
 STEP_RE = re.compile(r"clip (\d+)/(\d+) step (\d+)/(\d+)")
@@ -171,6 +174,22 @@ async def _drive(call: Callable[[], Awaitable[Any]], concurrency: int, max_reque
     result.stopped_by = "count" if result.started >= max_requests else "time"
 
 
+def merged(parts: list[LoadResult]) -> LoadResult:
+    """One path's blocks of a level as one result: every sample, error and value; the blocks' wall times added."""
+    first, result = parts[0], LoadResult(parts[0].concurrency, sum(p.max_requests for p in parts),
+                                         sum(p.max_seconds for p in parts))
+    for part in parts:
+        result.stats.samples += part.stats.samples
+        result.stats.errors += part.stats.errors
+        result.stats.wall_s += part.stats.wall_s
+        result.values += part.values
+        result.started += part.started
+        result.peak_in_flight = max(result.peak_in_flight, part.peak_in_flight)
+    result.warmup_errors = first.warmup_errors
+    result.stopped_by = "time" if any(p.stopped_by == "time" for p in parts) else "count"
+    return result
+
+
 async def run_load(call: Callable[[], Awaitable[Any]], concurrency: int, max_requests: int, max_seconds: float, *,
                    request_timeout_s: float = 60.0, warmup_requests: int = 0) -> LoadResult:
     """Closed-loop load: ``concurrency`` workers each send a request as soon as their previous one is answered.
@@ -257,6 +276,13 @@ class Plan:
     capacity_budget_s: float  # both paths' ladders together
     max_new_tokens: int = 16
     hallo2_steps: int = 2
+    # each path's share of a level runs in up to this many blocks, the paths alternating (ABBA...), so a drift of the
+    # shared machine's speed within the level lands on both paths alike; fewer at high concurrency, where every
+    # block needs a few rounds of requests per worker
+    rounds: int = 4
+
+    def rounds_at(self, concurrency: int) -> int:
+        return max(1, min(self.rounds, self.max_requests // (3 * concurrency)))
 
 
 QUICK_PLAN = Plan("quick", a2e_profile="tiny", llm="tiny", encoder_profile="tiny", hallo2_profile="tiny",
@@ -496,9 +522,10 @@ def build_scenarios(http, sdk, engines, inputs: Inputs, plan: Plan) -> list[Scen
                  f"`{c.PORTRAIT_PNG.relative_to(c.PROJECT_ROOT)}` + {HALLO2_AUDIO_SECONDS:g} s of speech, {plan.hallo2_steps} "
                  f"denoising steps, guidance {HALLO2_GUIDANCE_SCALE:g}, no cache. REST = `inference` (upload), then "
                  "`wait_and_download` (it follows the task's event stream `GET /api/v1/tasks/{id}/events`, then downloads "
-                 "the video). One task at a "
-                 "time in the front end and one `hallo2` instance: both paths run the pipeline one request at a time. "
-                 "No per-level warm-up.", warmup_rounds=0, stats_models=tuple(mc.HALLO2_NETWORK_MODELS)),
+                 f"the video). The front end runs up to {HALLO2_MAX_CONCURRENT_TASKS} tasks at once (`max_concurrent_tasks`; "
+                 "the default 1 would queue them in the front end), so both paths keep as many requests at Triton, whose one "
+                 "`hallo2` instance runs them one at a time. No per-level warm-up.", warmup_rounds=0,
+                 stats_models=tuple(mc.HALLO2_NETWORK_MODELS)),
     ]
 
 
@@ -645,18 +672,29 @@ async def measure(plan: Plan, base_url: str, grpc_url: str, inputs: Inputs, repo
             if reason:
                 log.warning("%s at concurrency %d skipped: %s", scenario.key, concurrency, reason)
                 continue
-            # alternate which path goes first, so slow drift of a shared machine does not always favour one
-            for path in ("rest", "triton") if index % 2 == 0 else ("triton", "rest"):
-                watched = scenario.stats_models if path == "triton" else ()
-                before = await asyncio.to_thread(c.settled_statistics, grpc_url, watched) if watched else {}
-                result = await run_load(getattr(scenario, path), concurrency, plan.max_requests, path_seconds,
-                                        request_timeout_s=scenario.request_timeout_s, warmup_requests=scenario.warmup_rounds * concurrency)
-                if watched:
-                    after = await asyncio.to_thread(c.settled_statistics, grpc_url, watched)
-                    level.triton_stats = {m: c.statistics_delta(before[m], after[m]) for m in watched}
+            # the paths alternate block by block (ABBA...), so slow drift of a shared machine does not favour one
+            rounds, parts = plan.rounds_at(concurrency), {"rest": [], "triton": []}
+            order = ["rest", "triton"] if index % 2 == 0 else ["triton", "rest"]
+            for block in range(rounds):
+                for path in order if block % 2 == 0 else order[::-1]:
+                    watched = scenario.stats_models if path == "triton" else ()
+                    before = await asyncio.to_thread(c.settled_statistics, grpc_url, watched) if watched else {}
+                    parts[path].append(await run_load(
+                        getattr(scenario, path), concurrency, -(-plan.max_requests // rounds), path_seconds / rounds,
+                        request_timeout_s=scenario.request_timeout_s,
+                        warmup_requests=scenario.warmup_rounds * concurrency if block == 0 else 0))
+                    if watched:
+                        after = await asyncio.to_thread(c.settled_statistics, grpc_url, watched)
+                        for m in watched:
+                            delta = c.statistics_delta(before[m], after[m])
+                            so_far = level.triton_stats.get(m, {})
+                            level.triton_stats[m] = {k: so_far.get(k, 0) + v for k, v in delta.items()}
+            for path in order:
+                result = merged(parts[path])
                 setattr(level, path, result)
-                log.info("%s %s c=%d: %d ok, %d errors, p50 %s ms, %.2f req/s, stopped by %s", scenario.key, path,
-                         concurrency, result.completed, len(result.errors), ms(result.stats.p(50)), result.throughput, result.stopped_by)
+                log.info("%s %s c=%d: %d ok, %d errors, p50 %s ms, %.2f req/s, %d blocks, stopped by %s", scenario.key, path,
+                         concurrency, result.completed, len(result.errors), ms(result.stats.p(50)), result.throughput, rounds,
+                         result.stopped_by)
             if scenario.key == "stream":
                 level.inprocess = inprocess_chunks(runner, inputs.chunk_pcm[:plan.stream_chunks], concurrency)
             measured = max(level.rest.stats.p(50), level.triton.stats.p(50)) / concurrency
@@ -804,7 +842,9 @@ def report_header(plan: Plan, command: str, started_at: _dt.datetime, load_befor
         + f"; LAM-A2E `{plan.a2e_profile}`, LLM `{plan.llm}`, encoders `{plan.encoder_profile}`, Hallo2 `{plan.hallo2_profile}`",
         f"- weights: {weights} (seeded-random weights give the networks' real cost at their size, not meaningful outputs)",
         f"- plan: concurrency {', '.join(map(str, plan.concurrency))}; per path and level at most {plan.max_requests} requests and "
-        f"{plan.max_path_seconds:.0f} s; {plan.time_budget_s:.0f} s for all levels (levels that do not fit are skipped and listed); "
+        f"{plan.max_path_seconds:.0f} s, in {', '.join(str(plan.rounds_at(n)) for n in plan.concurrency)} block(s) per path "
+        f"alternating with the other path's (ABBA); {plan.time_budget_s:.0f} s for all levels (levels that do not fit are skipped "
+        "and listed); "
         f"capacity ladder {plan.capacity_levels} in {plan.capacity_budget_s:.0f} s; Hallo2 task config: {outcome.hallo2_config}",
         f"- load average at start (1/5/15 min): {load_before}; the load generator (this process: httpx, the `sdk` clients in "
         "worker threads, the front end's Triton engines) shares the cores with the servers; method: `benchmarks/README.md`", "",

@@ -1,11 +1,11 @@
 """Every benchmark in one command, one results file.
 
-    python -m benchmarks.run_all            # every step, full variant: ~55 min on 2 cores (make bench)
-    python -m benchmarks.run_all --quick    # the same, each in its quick variant: ~20 min
+    python -m benchmarks.run_all            # every step, full variant: ~65 min on 2 cores (make bench)
+    python -m benchmarks.run_all --quick    # the same, each in its quick variant: ~25 min
 
-Runs ``benchmarks.perf_analyzer``, ``floor``, ``tuning``, ``rest_load``, ``recovery``, ``llm_decode``, ``llm_batching``
-and ``scale_out`` one after the other (each starts and stops its own servers; ``--quick`` is passed on; each has a
-wall-clock timeout and a failed step is reported, not fatal), then writes ``benchmarks/RESULTS.md`` (``--out``):
+Runs ``benchmarks.perf_analyzer``, ``floor``, ``tuning``, ``rest_load``, ``recovery``, ``llm_decode``, ``llm_batching``,
+``scale_out`` and ``scale_out_tasks`` one after the other (each starts and stops its own servers; ``--quick`` is
+passed on; each has a wall-clock timeout and a failed step is reported, not fatal), then writes ``benchmarks/RESULTS.md`` (``--out``):
 machine, versions, date, the exact commands and every report's headline sections. Logs: ``benchmarks/.work/logs/run_all-<step>.log``.
 """
 
@@ -27,7 +27,8 @@ from benchmarks import common as c
 log = logging.getLogger("run_all")
 
 DEFAULT_OUT = c.PROJECT_ROOT / "benchmarks" / "RESULTS.md"
-STEP_NAMES = ("perf_analyzer", "floor", "tuning", "rest_load", "recovery", "llm_decode", "llm_batching", "scale_out")
+STEP_NAMES = ("perf_analyzer", "floor", "tuning", "rest_load", "recovery", "llm_decode", "llm_batching", "scale_out",
+              "scale_out_tasks")
 
 
 @dataclass
@@ -77,6 +78,8 @@ def steps(quick: bool) -> list[Step]:
              300.0 if quick else 900.0, ("Summary", "Throughput"), ("Summary",), ("measured", "met")),
         Step("scale_out", "Scale-out — LAM-A2E streams, 1 vs 2 Triton replicas behind 2 front ends",
              c.RESULTS_DIR / f"scale-out{q}.md", 300.0 if quick else 600.0, ("Summary",), ("Summary",)),
+        Step("scale_out_tasks", "Scale-out — Emotion-LLaMA requests and Hallo2 tasks, 1 vs 2 Triton replicas behind 2 front ends",
+             c.RESULTS_DIR / f"scale-out-tasks{q}.md", 420.0 if quick else 900.0, ("Summary",), ("Summary",)),
     ]
 
 

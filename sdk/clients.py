@@ -62,6 +62,8 @@ def _sse_events(response: httpx.Response) -> Iterator[tuple[str, str]]:
             yield event or "message", line[6:]
         elif line.startswith(":"):
             yield "", ""
+        elif not line:  # the end of one event: the next names its own
+            event = None
 
 
 class _RestClient:

@@ -10,11 +10,13 @@ import pytest
 
 from benchmarks.common import LatencyStats
 from benchmarks.rest_load import (
+    FULL_PLAN,
     LoadResult,
     NotLoopbackError,
     chunk_result,
     load_row,
     loopback_http_client,
+    merged,
     overhead_ratios,
     require_loopback,
     run_load,
@@ -48,6 +50,23 @@ def test_stops_at_the_time_bound_and_lets_in_flight_requests_finish():
     assert result.completed == result.started  # nothing was cut off: in-flight requests were awaited
     assert elapsed < 0.25 + 0.05 + 0.2  # the bound, one request in flight, scheduling slack
     assert result.throughput == pytest.approx(result.completed / result.stats.wall_s)
+
+
+def test_blocks_of_one_path_merge_into_one_result():
+    blocks = [asyncio.run(run_load(sleeper(0.005), concurrency=2, max_requests=4, max_seconds=10.0)) for _ in range(3)]
+    blocks[1].stats.errors.append("TimeoutError: no answer")
+    blocks[2].stopped_by = "time"
+    result = merged(blocks)
+    assert result.completed == 12 and result.started == 12 and result.values == ["ok"] * 12
+    assert result.errors == ["TimeoutError: no answer"] and result.stopped_by == "time" and result.max_requests == 12
+    assert result.stats.wall_s == pytest.approx(sum(b.stats.wall_s for b in blocks))  # throughput over the blocks' time only
+    assert sorted(result.stats.samples) == sorted(x for b in blocks for x in b.stats.samples)
+
+
+def test_levels_split_into_alternating_blocks_only_where_each_block_keeps_its_workers_busy():
+    assert FULL_PLAN.rounds_at(1) == FULL_PLAN.rounds  # 24 requests: 4 blocks of 6
+    assert FULL_PLAN.rounds_at(4) == 2  # 2 blocks of 12: 3 requests per worker each
+    assert FULL_PLAN.rounds_at(16) == 1
 
 
 def test_never_more_than_concurrency_in_flight():
