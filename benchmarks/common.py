@@ -65,8 +65,9 @@ def build(out: Path, settings) -> Path:
     return out
 
 
-def triton_server(repository: Path, log_name: str):
-    """A ``stack.triton_server.TritonServer`` on free loopback ports (not started), its log in ``.work/logs``."""
+def triton_server(repository: Path, log_name: str, environment: dict[str, str] | None = None):
+    """A ``stack.triton_server.TritonServer`` on free loopback ports (not started), its log in ``.work/logs``;
+    ``environment``: variables for the server and its stubs (over this process's)."""
     from stack.processes import free_port
     from stack.triton_server import TritonServer, TritonServerOptions
 
@@ -74,7 +75,7 @@ def triton_server(repository: Path, log_name: str):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.unlink(missing_ok=True)
     return TritonServer(TritonServerOptions(repository, http_port=free_port(), grpc_port=free_port(),
-                                            metrics_port=free_port(), log_path=log_path))
+                                            metrics_port=free_port(), log_path=log_path, environment=dict(environment or {})))
 
 
 

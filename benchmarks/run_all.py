@@ -1,7 +1,7 @@
 """Every benchmark in one command, one results file.
 
     python -m benchmarks.run_all            # every step, full variant: ~65 min on 2 cores (make bench)
-    python -m benchmarks.run_all --quick    # the same, each in its quick variant: ~25 min
+    python -m benchmarks.run_all --quick    # the same, each in its quick variant: ~20 min
 
 Runs ``benchmarks.perf_analyzer``, ``floor``, ``tuning``, ``rest_load``, ``recovery``, ``llm_decode``, ``llm_batching``,
 ``scale_out`` and ``scale_out_tasks`` one after the other (each starts and stops its own servers; ``--quick`` is

@@ -1,7 +1,7 @@
 """Emotion-LLaMA requests and Hallo2 tasks with 1 vs 2 Triton replicas behind 2 front ends (README, Capacity).
 
-    python -m benchmarks.scale_out_tasks            # SmolLM2 + tiny Hallo2; 1, 2, 1, 2 replicas: ~8 min
-    python -m benchmarks.scale_out_tasks --quick    # fewer requests and tasks, 1 and 2 replicas once: ~4 min
+    python -m benchmarks.scale_out_tasks            # SmolLM2 + tiny Hallo2; topologies 1, 2, 2:split, 1, 2:split: ~10 min
+    python -m benchmarks.scale_out_tasks --quick    # fewer requests and tasks; 1 and 2:split: ~4 min
 
 The layout is the Kubernetes one (README): each front end talks to one Triton replica (front end ``i`` to replica
 ``i mod replicas``), and for Hallo2 each front end's embedded worker claims tasks from one shared task database.
@@ -14,6 +14,10 @@ Per topology:
   once, alternately to both front ends, each followed to its end on its event stream: tasks/s from the first
   submission to the last completion, and how many each replica's ``hallo2`` ran (together exactly ``--tasks``: each
   task ran once).
+
+A topology ``N`` starts N replicas as they come (each process sizes its thread pools to every core of the machine);
+``N:split`` starts each with ``OMP_NUM_THREADS`` = cores / N, as replicas sharing one host should be configured: the
+LLM decodes with torch's OpenMP threads, and more of them than cores throttle each other's spin-waiting.
 
 The task database is an SQLite file (WAL) both front ends open: the claim is one atomic statement there too; a
 cluster uses PostgreSQL. Everything listens on loopback only and is stopped in ``finally``. All processes share this
@@ -28,6 +32,7 @@ import asyncio
 import datetime as _dt
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -49,9 +54,29 @@ LLM_MODEL, HALLO2_MODEL = "emotion_llama", "hallo2"
 HALLO2_STEPS, HALLO2_AUDIO_SECONDS = 2, 1.0
 
 
+@dataclass(frozen=True)
+class Topology:
+    replicas: int
+    split_threads: bool = False  # OMP_NUM_THREADS = cores / replicas in each replica
+
+    @classmethod
+    def parse(cls, text: str) -> Topology:
+        count, _, mode = text.partition(":")
+        if not count.isdigit() or int(count) < 1 or mode not in ("", "split"):
+            raise argparse.ArgumentTypeError(f"a topology is N or N:split (N >= 1), not {text!r}")
+        return cls(int(count), mode == "split")
+
+    def threads(self) -> int | None:
+        return max(1, (os.cpu_count() or 1) // self.replicas) if self.split_threads else None
+
+    def __str__(self) -> str:
+        threads = self.threads()
+        return f"{self.replicas} ({threads} thread(s) each)" if threads else f"{self.replicas} (a thread per core each)"
+
+
 @dataclass
 class Run:
-    replicas: int
+    topology: Topology
     load_at_start: str
     llm: LatencyStats = field(default_factory=LatencyStats)
     llm_per_replica: list[int] = field(default_factory=list)
@@ -144,16 +169,17 @@ def counts(servers, model: str) -> list[int]:
     return [c.settled_statistics(s.grpc_url, (model,))[model]["inference_count"] for s in servers]
 
 
-def run_topology(repository: Path, replicas: int, args, image: bytes, audio: bytes) -> Run:
+def run_topology(repository: Path, topology: Topology, args, image: bytes, audio: bytes) -> Run:
     from stack.processes import FrontendProcess
 
-    run = Run(replicas, c.load_average())
+    run, replicas = Run(topology, c.load_average()), topology.replicas
+    environment = {"OMP_NUM_THREADS": str(topology.threads())} if topology.threads() else {}
     data = Path(tempfile.mkdtemp(prefix="scale-out-tasks-", dir=c.WORK_DIR))
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, data, True)
         servers = []
         for i in range(replicas):
-            server = c.triton_server(repository, f"scale-out-tasks-{replicas}-triton-{i}")
+            server = c.triton_server(repository, f"scale-out-tasks-{replicas}-triton-{i}", environment)
             stack.callback(server.stop)
             servers.append(server.start())
         env = {"EMOSERVE_EMOTION_LLAMA__MEDIA_ROOTS": json.dumps([str(c.EXAMPLES_DIR)]), "EMOSERVE_LOG_LEVEL": "warning",
@@ -176,13 +202,13 @@ def run_topology(repository: Path, replicas: int, args, image: bytes, audio: byt
         before = counts(servers, LLM_MODEL)
         run.tokens = asyncio.run(llm_load(urls, args.llm_clients, args.llm_requests, args.max_new_tokens, run.llm))
         run.llm_per_replica = [a - b for a, b in zip(counts(servers, LLM_MODEL), before)]
-        log.info("%d replica(s), LLM: %d requests in %.1f s, p50 %s ms, per replica %s, errors %d", replicas, run.llm.n,
+        log.info("%s, LLM: %d requests in %.1f s, p50 %s ms, per replica %s, errors %d", topology, run.llm.n,
                  run.llm.wall_s, ms(run.llm.p(50)), run.llm_per_replica, len(run.llm.errors))
 
         before = counts(servers, HALLO2_MODEL)
         asyncio.run(hallo2_load(urls, args.tasks, image, audio, run.hallo2))
         run.hallo2_per_replica = [a - b for a, b in zip(counts(servers, HALLO2_MODEL), before)]
-        log.info("%d replica(s), Hallo2: %d tasks in %.1f s, per replica %s, errors %d", replicas, run.hallo2.n,
+        log.info("%s, Hallo2: %d tasks in %.1f s, per replica %s, errors %d", topology, run.hallo2.n,
                  run.hallo2.wall_s, run.hallo2_per_replica, len(run.hallo2.errors))
     return run
 
@@ -198,20 +224,20 @@ def report(args, command: str, runs: list[Run], wall_s: float) -> c.Report:
             f"task database)\n")
     out.table(f"LLM: {args.llm_clients} closed-loop clients, {args.llm_requests} `POST /process_video` requests "
               f"({args.max_new_tokens} tokens, greedy), alternating front ends",
-              ["Triton replicas", "load average at start", "requests", "errors", "wall s", "requests/s", "tokens/s",
+              ["Triton replicas (threads)", "load average at start", "requests", "errors", "wall s", "requests/s", "tokens/s",
                "p50 ms", "p95 ms", "requests per replica"],
-              [[str(r.replicas), r.load_at_start, str(r.llm.n), str(len(r.llm.errors)), f"{r.llm.wall_s:.1f}",
+              [[str(r.topology), r.load_at_start, str(r.llm.n), str(len(r.llm.errors)), f"{r.llm.wall_s:.1f}",
                 f"{r.llm_rate():.2f}", f"{r.tokens / r.llm.wall_s:.1f}" if r.llm.wall_s else "n/a", ms(r.llm.p(50)),
                 ms(r.llm.p(95)), " / ".join(map(str, r.llm_per_replica))] for r in runs])
     out.table(f"Hallo2: {args.tasks} tasks submitted at once, alternating front ends ({HALLO2_STEPS} steps, "
               f"{HALLO2_AUDIO_SECONDS:g} s of audio, no cache)",
-              ["Triton replicas", "tasks completed", "errors", "first submission to last completion s", "tasks/s",
+              ["Triton replicas (threads)", "tasks completed", "errors", "first submission to last completion s", "tasks/s",
                "p50 s to completion", "tasks run per replica"],
-              [[str(r.replicas), str(r.hallo2.n), str(len(r.hallo2.errors)), f"{r.hallo2.wall_s:.1f}", f"{r.hallo2_rate():.2f}",
+              [[str(r.topology), str(r.hallo2.n), str(len(r.hallo2.errors)), f"{r.hallo2.wall_s:.1f}", f"{r.hallo2_rate():.2f}",
                 f"{r.hallo2.p(50):.1f}", " / ".join(map(str, r.hallo2_per_replica))] for r in runs],
               "Tasks run per replica add up to the tasks submitted: each ran exactly once.")
     out.table("Summary", ["topology", "LLM requests/s", "Hallo2 tasks/s"],
-              [[f"{r.replicas} replica(s), run {i + 1}", f"{r.llm_rate():.2f}", f"{r.hallo2_rate():.2f}"] for i, r in enumerate(runs)],
+              [[f"{r.topology}, run {i + 1}", f"{r.llm_rate():.2f}", f"{r.hallo2_rate():.2f}"] for i, r in enumerate(runs)],
               "All processes share this machine's 2 cores: a second replica splits the same cores (and holds a second "
               "copy of the weights), so it shows what the layout costs here, not what a second machine adds.")
     errors = sorted({e for r in runs for e in r.llm.errors + r.hallo2.errors})
@@ -222,20 +248,23 @@ def report(args, command: str, runs: list[Run], wall_s: float) -> c.Report:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 1, 2],
-                        help="topologies in order (each is measured again to show the machine's run-to-run noise)")
+    parser.add_argument("--topologies", type=Topology.parse, nargs="+",
+                        default=[Topology(1), Topology(2), Topology(2, True), Topology(1), Topology(2, True)],
+                        help="in order, each N (replicas) or N:split (cores split between them); the repeats show the "
+                        "machine's run-to-run noise")
     parser.add_argument("--llm-clients", type=int, default=4)
     parser.add_argument("--llm-requests", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--tasks", type=int, default=12)
     parser.add_argument("--out", default=str(c.RESULTS_DIR / "scale-out-tasks.md"))
-    parser.add_argument("--quick", action="store_true", help="8 LLM requests, 4 tasks, 1 and 2 replicas once")
+    parser.add_argument("--quick", action="store_true", help="8 LLM requests, 4 tasks, topologies 1 and 2:split")
     args = parser.parse_args(argv)
     if args.quick:
-        args.replicas, args.llm_requests, args.tasks = [1, 2], 8, 4
-    if min(args.replicas) < 1 or args.llm_clients < 1 or args.llm_requests < 1 or args.tasks < 1:
-        parser.error("replicas, clients, requests and tasks must be at least 1")
+        args.topologies, args.llm_requests, args.tasks = [Topology(1), Topology(2, True)], 8, 4
+    if args.llm_clients < 1 or args.llm_requests < 1 or args.tasks < 1:
+        parser.error("clients, requests and tasks must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     c.raise_on_sigterm()
     from emoserve.audio import encode_wav
     from emoserve.constants import SAMPLE_RATE
@@ -247,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         profile="tiny", llm="smollm2", encoder_profile="small", hallo2_profile="tiny", slices=("emotion_llama", "hallo2"), seed=0))
     image = c.PORTRAIT_PNG.read_bytes()
     audio = encode_wav(c.load_speech()[: int(HALLO2_AUDIO_SECONDS * SAMPLE_RATE)], SAMPLE_RATE)
-    runs = [run_topology(repository, replicas, args, image, audio) for replicas in args.replicas]
+    runs = [run_topology(repository, topology, args, image, audio) for topology in args.topologies]
     report(args, command, runs, time.perf_counter() - began).write(Path(args.out))
     return 0
 

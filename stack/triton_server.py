@@ -110,6 +110,9 @@ class TritonServerOptions:
     # explicit model control (every model loaded at start) lets the stack reload a model whose stub died
     explicit_model_control: bool = True
     extra_args: list[str] = field(default_factory=list)
+    # variables for the server and the stubs it starts, over this process's: e.g. OMP_NUM_THREADS, so replicas sharing
+    # one host's cores split them instead of each starting a thread per core
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 class TritonServer:
@@ -184,7 +187,7 @@ class TritonServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=server_environment(),
+                env=server_environment() | self.options.environment,
                 # its own process group (one killpg also ends the stubs it forks; Ctrl-C reaches only us, and we stop
                 # the server in order), and it dies with the thread that started it
                 start_new_session=True,

@@ -58,6 +58,8 @@ def test_the_parts_of_a_scaled_out_stack():
     assert triton["spec"]["serviceName"] in by_kind("Service")  # stable per-pod names
     container = triton["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    threads = {variable["name"]: variable["value"] for variable in container["env"]}["OMP_NUM_THREADS"]
+    assert threads == container["resources"]["limits"]["cpu"]  # one OpenMP thread per core the pod may use
     assert triton["spec"]["template"]["spec"]["initContainers"][0]["name"] == "build-repository"
     assert deployments["frontend"]["spec"]["replicas"] >= 2
     hpa = by_kind("HorizontalPodAutoscaler")["frontend"]
