@@ -151,7 +151,7 @@ async def hallo2_load(base_urls: list[str], tasks: int, image: bytes, audio: byt
             await api.aclose()
 
 
-def wait_healthy(urls: list[str], timeout_s: float = 300.0) -> None:
+def wait_ready(urls: list[str], timeout_s: float = 300.0) -> None:
     """Every front end ready (``/readyz``: the slices its replica serves, and the task store)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -194,7 +194,7 @@ def run_topology(repository: Path, topology: Topology, args, image: bytes, audio
             stack.callback(frontend.stop)
             frontends.append(frontend.start(wait_healthy=False))
         urls = [f.base_url for f in frontends]
-        wait_healthy(urls)
+        wait_ready(urls)
         # warm-up: each replica has answered once
         asyncio.run(llm_load(urls, FRONT_ENDS, FRONT_ENDS, args.max_new_tokens, LatencyStats()))
         asyncio.run(hallo2_load(urls, FRONT_ENDS, image, audio, LatencyStats()))

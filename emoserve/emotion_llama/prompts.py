@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
+
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 
 # ---- labels and tasks ---------------------------------------------------------------------------------
 
@@ -52,6 +55,21 @@ TASK_TOKENS: dict[str, str] = {
     "visual": "[visual]",
     "audio": "[audio]",
 }
+
+
+
+@dataclass(frozen=True)
+class TaskAnswer:
+    """How far an answer to one task runs when its request leaves ``max_new_tokens`` unset."""
+
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()  # the answer ends with the first of these it writes
+
+
+#: ``[emotion]`` asks for a label, and upstream's answers to it are one sentence ("The emotion expressed in the video
+#: is happy."; eval_emotion.py reads its last word): such an answer ends at its first full stop, within 48 tokens,
+#: instead of running toward the demo's 500. Other tasks (explanations) keep the demo's length.
+TASK_ANSWERS: dict[str, TaskAnswer] = {"emotion": TaskAnswer(max_new_tokens=48, stop=(".",))}
 
 # ---- templates ----------------------------------------------------------------------------------------
 
@@ -175,6 +193,15 @@ LABEL_SYNONYMS = {
     "fearful": "fear", "afraid": "fear", "scared": "fear", "contemptuous": "contempt",
     "doubtful": "doubt", "skeptical": "doubt", "neutrality": "neutral",
 }
+
+
+def answer_limits(question: str, max_new_tokens: int | None) -> tuple[int, tuple[str, ...]]:
+    """``(max_new_tokens, stop strings)`` of the answer to ``question``: the request's ``max_new_tokens`` (no stop),
+    else its task's :data:`TASK_ANSWERS`, else the demo's length without a stop."""
+    if max_new_tokens is not None:
+        return max_new_tokens, ()
+    task = TASK_ANSWERS.get(parse_task(question) or "")
+    return (task.max_new_tokens, task.stop) if task is not None else (EMOTION_LLAMA.max_new_tokens, ())
 
 
 def parse_emotion_label(answer: str, labels: tuple[str, ...] = EMOTION_LABELS) -> str:

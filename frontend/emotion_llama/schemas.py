@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from emoserve.emotion_llama.defaults import EMOTION_LLAMA
-from emoserve.emotion_llama.prompts import EMOTION_LABELS
+from emoserve.emotion_llama.prompts import EMOTION_LABELS, TASK_ANSWERS
 from emoserve.model_catalog import MAX_NEW_TOKENS, REPETITION_PENALTY, SEED, TEMPERATURE, TOP_P
 from frontend.json_types import json_int
 
@@ -39,7 +39,9 @@ class Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, ge=1.0, le=2.0)
-    max_new_tokens: json_int(ge=1, le=EMOTION_LLAMA.max_new_tokens_limit) | None = None
+    max_new_tokens: json_int(ge=1, le=EMOTION_LLAMA.max_new_tokens_limit, description=(
+        f"unset: {EMOTION_LLAMA.max_new_tokens}, and an [emotion] answer ends at its first full stop within "
+        f"{TASK_ANSWERS['emotion'].max_new_tokens}")) | None = None
     seed: json_int(ge=0, lt=SEED_LIMIT) | None = None
 
     model_config = ConfigDict(strict=True)  # JSON bodies: 0 is not a boolean, "7" is not a number

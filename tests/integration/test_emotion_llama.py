@@ -18,7 +18,7 @@ from emoserve.constants import SAMPLE_RATE
 from emoserve.emotion_llama.engine import EmotionLlamaEngine, EngineRequest
 from emoserve.emotion_llama.generation import SamplingParams
 from emoserve.emotion_llama.preprocess import preprocess_frame
-from emoserve.emotion_llama.prompts import EMOTION_LABELS
+from emoserve.emotion_llama.prompts import EMOTION_LABELS, TASK_ANSWERS
 from emoserve.media import decode_video, encode_video
 from emoserve.model_catalog import (
     AUDIO_INPUT_VALUES,
@@ -72,8 +72,9 @@ def greedy(max_new_tokens: int = MAX_TOKENS) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
 
 
-def stream_pipeline(grpc_url: str, video: bytes, question: str, max_new_tokens: int = MAX_TOKENS, temperature: float = 0.0):
-    """gRPC bidirectional stream to the decoupled pipeline: (deltas, final text, token ids, metadata)."""
+def stream_pipeline(grpc_url: str, video: bytes, question: str, max_new_tokens: int | None = MAX_TOKENS, temperature: float = 0.0):
+    """gRPC bidirectional stream to the decoupled pipeline: (deltas, final text, token ids, metadata); ``max_new_tokens``
+    None sends none."""
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(grpc_url)
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
@@ -83,7 +84,7 @@ def stream_pipeline(grpc_url: str, video: bytes, question: str, max_new_tokens: 
             (VIDEO, np.array([video], dtype=np.object_), "BYTES"),
             (PROMPT, np.array([question.encode()], dtype=np.object_), "BYTES"),
             (TEMPERATURE, np.array([temperature], np.float32), "FP32"),
-            (MAX_NEW_TOKENS, np.array([max_new_tokens], np.int32), "INT32"),
+            *([(MAX_NEW_TOKENS, np.array([max_new_tokens], np.int32), "INT32")] if max_new_tokens is not None else []),
         ):
             tensor = grpcclient.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
@@ -126,6 +127,16 @@ def test_emotion_prompt_carries_label_and_confidence(triton_server, reference):
     assert metadata["confidence"] == pytest.approx(probs[metadata["emotion"]])
     expected = reference(video, EMOTION, greedy())
     assert metadata["emotion"] == expected.emotion and metadata["confidence"] == pytest.approx(expected.confidence, abs=1e-5)
+
+
+def test_an_emotion_question_without_max_new_tokens_gets_the_tasks_limits(triton_server, reference):
+    video = SAMPLE_VIDEO.read_bytes()
+    _, text, token_ids, metadata = stream_pipeline(triton_server.grpc_url, video, EMOTION, max_new_tokens=None)
+    limits = TASK_ANSWERS["emotion"]
+    expected = reference(video, EMOTION, SamplingParams(temperature=0.0, max_new_tokens=limits.max_new_tokens, stop=limits.stop))
+    assert token_ids == expected.token_ids and text == expected.text
+    assert metadata["finish_reason"] in ("stop", "length", "eos") and metadata["generated_tokens"] <= limits.max_new_tokens
+    assert metadata["emotion"] == expected.emotion  # scored at the shorter answer's last word
 
 
 def test_video_without_audio_track_is_answered(triton_server, tmp_path):

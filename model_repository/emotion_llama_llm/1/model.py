@@ -33,6 +33,7 @@ from emoserve.emotion_llama.engine import (
     SchedulerStopped,
 )
 from emoserve.emotion_llama.generation import SamplingParams
+from emoserve.emotion_llama.prompts import answer_limits
 from emoserve.model_catalog import (
     MAX_NEW_TOKENS,
     MIN_NEW_TOKENS,
@@ -104,8 +105,13 @@ class TritonPythonModel:
         embeddings = optional_input(pb_utils, request, MULTIMODAL_EMBEDDINGS)
         if embeddings is None:
             raise EngineRequestError(f"{MULTIMODAL_EMBEDDINGS} is required")
+        try:
+            question = prompt.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EngineRequestError(f"{PROMPT} is not valid UTF-8") from None
         defaults = SamplingParams()
-        max_new_tokens = scalar_input(pb_utils, request, MAX_NEW_TOKENS, int, defaults.max_new_tokens)
+        # unset: the task's own length and stop (an [emotion] answer is one sentence)
+        max_new_tokens, stop = answer_limits(question, scalar_input(pb_utils, request, MAX_NEW_TOKENS, int, None))
         if not 1 <= max_new_tokens <= self.max_new_tokens_limit:
             raise EngineRequestError(f"max_new_tokens must be in 1..{self.max_new_tokens_limit}, got {max_new_tokens}")
         try:
@@ -116,13 +122,10 @@ class TritonPythonModel:
                 max_new_tokens=max_new_tokens,
                 seed=scalar_input(pb_utils, request, SEED, int, None),
                 min_new_tokens=scalar_input(pb_utils, request, MIN_NEW_TOKENS, int, defaults.min_new_tokens),
+                stop=stop,
             )
         except ValueError as exc:
             raise EngineRequestError(str(exc)) from None
-        try:
-            question = prompt.decode("utf-8")
-        except UnicodeDecodeError:
-            raise EngineRequestError(f"{PROMPT} is not valid UTF-8") from None
         return EngineRequest(question=question, multimodal=embeddings.reshape(embeddings.shape[-2:]), params=params)
 
     def execute(self, requests):

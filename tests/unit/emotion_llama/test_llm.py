@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from emoserve.emotion_llama import llm
+from emoserve.emotion_llama.defaults import EMOTION_LLAMA
 from emoserve.emotion_llama.generation import (
     DEMO_DEFAULTS,
     GREEDY,
@@ -27,12 +28,15 @@ from emoserve.emotion_llama.generation import (
 )
 from emoserve.emotion_llama.prompts import (
     CHATML,
+    EMOTION_INSTRUCTION,
     EMOTION_LABELS,
     LLAMA2,
     MER2023_LABELS,
     MULTIMODAL_PREFIX,
+    TASK_ANSWERS,
     USER_TEMPLATE,
     VIDEO_PLACEHOLDER,
+    answer_limits,
     build_prompt,
     format_question,
     parse_emotion_label,
@@ -115,6 +119,13 @@ def test_parse_task_and_validate_question():
     for bad in ("", "   \n", "x" * 11, "see <VideoHere>", "a <FeatureHere>", "a\x00b", None):
         with pytest.raises(ValueError):
             validate_question(bad, 10)  # type: ignore[arg-type]
+
+
+def test_an_unset_max_new_tokens_takes_the_tasks_answer_limits():
+    assert answer_limits("[emotion] Which label?", None) == (TASK_ANSWERS["emotion"].max_new_tokens, (".",))
+    assert answer_limits("[emotion] Which label?", 200) == (200, ())  # what a request asks for, without the stop
+    assert answer_limits(QUESTION, None) == (EMOTION_LLAMA.max_new_tokens, ())  # [reason]: the demo's length
+    assert answer_limits("no task token", None) == (EMOTION_LLAMA.max_new_tokens, ())
 
 
 @pytest.mark.parametrize(
@@ -544,6 +555,21 @@ def test_smollm2_batched_decoding_equals_each_request_alone(smollm2):
     batched = generate_batch(model, tokenizer, prompts, params)
     for prompt, p, result in zip(prompts, params, batched):
         assert generate_batch(model, tokenizer, [prompt], [p])[0].token_ids == result.token_ids
+
+
+def test_smollm2_cuts_an_emotion_answer_at_its_first_full_stop_with_the_tasks_limits(smollm2):
+    model, tokenizer, family = smollm2
+    # random multimodal rows (the demo profile's encoders are seeded-random): the answer is not about a video, but
+    # this one runs past a first sentence when nothing stops it
+    rows = torch.randn(260, model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.02
+    question = "The person in video says: I can't believe it! We actually won the prize!  [emotion] " + EMOTION_INSTRUCTION + " "
+    max_new_tokens, stop = answer_limits(question, None)
+    prompt = llm.embed_prompt(model, tokenizer, build_prompt(question, family), rows)
+    limited, unlimited = (generate_batch(model, tokenizer, [prompt], [params])[0] for params in (
+        SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=stop), SamplingParams(temperature=0.0, max_new_tokens=96)))
+    assert limited.finish_reason == "stop" and limited.text.endswith(".") and limited.text.count(".") == 1, limited.text
+    assert unlimited.text.startswith(limited.text) and len(unlimited.text) > len(limited.text)  # cut, not changed
+    assert limited.token_ids == unlimited.token_ids[:len(limited.token_ids)] and len(limited.token_ids) < max_new_tokens
 
 
 @pytest.mark.parametrize(
