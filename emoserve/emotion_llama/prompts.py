@@ -1,4 +1,4 @@
-"""Emotion-LLaMA prompt text: the ONE place for labels, task tokens, templates and answer parsing.
+"""Emotion-LLaMA prompt text: the ONE place for labels, task tokens, templates, answer limits and answer parsing.
 
 Everything here mirrors upstream ZebangCheng/Emotion-LLaMA (commit 4ee28d2):
 
@@ -55,7 +55,6 @@ TASK_TOKENS: dict[str, str] = {
     "visual": "[visual]",
     "audio": "[audio]",
 }
-
 
 
 @dataclass(frozen=True)
