@@ -486,6 +486,24 @@ def test_finished_tasks_expire_after_their_retention_and_under_the_storage_budge
     asyncio.run(main())
 
 
+async def logs_of_one_task(tmp_path: Path, runner) -> str:
+    """The logs of one task run to its end by ``runner``, progress written at most once a minute per kind."""
+    store = make_store(tmp_path)
+    worker = fast_worker(store, runner, progress_interval_s=60.0)
+    await worker.start()
+    try:
+        (task_id,) = await create(store)
+        worker.wake()
+        await wait_for(lambda: _completed(store, task_id))
+    finally:
+        await worker.stop()
+    return (await store.get(task_id)).logs
+
+
+async def _completed(store: TaskStore, task_id: str) -> bool:
+    return (await store.get(task_id)).status == COMPLETED
+
+
 def test_progress_is_coalesced_per_phase(tmp_path):
     async def runner(inputs, progress, cancel):
         await progress(1, "Preprocessing image...")
@@ -494,27 +512,9 @@ def test_progress_is_coalesced_per_phase(tmp_path):
         await progress(99, "clip 1/1 decoded")
         return OUTPUT
 
-    async def main():
-        store = make_store(tmp_path)
-        worker = fast_worker(store, runner, progress_interval_s=60.0)
-        await worker.start()
-        try:
-            (task_id,) = await create(store)
-            worker.wake()
-            for _ in range(200):
-                if (await store.get(task_id)).status == COMPLETED:
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            await worker.stop()
-        logs = (await store.get(task_id)).logs
-        assert "Preprocessing image..." in logs and "clip 1/1 step 1/50" in logs and "clip 1/1 decoded" in logs
-        assert logs.count("step ") == 1  # 49 steps of the same phase coalesced
-    asyncio.run(main())
-
-
-async def _completed(store: TaskStore, task_id: str) -> bool:
-    return (await store.get(task_id)).status == COMPLETED
+    logs = asyncio.run(logs_of_one_task(tmp_path, runner))
+    assert "Preprocessing image..." in logs and "clip 1/1 step 1/50" in logs and "clip 1/1 decoded" in logs
+    assert logs.count("step ") == 1  # 49 steps of the same phase coalesced
 
 
 def test_progress_of_alternating_kinds_is_coalesced_too(tmp_path):
@@ -527,20 +527,9 @@ def test_progress_of_alternating_kinds_is_coalesced_too(tmp_path):
         await progress(100, "done")
         return OUTPUT
 
-    async def main():
-        store = make_store(tmp_path)
-        worker = fast_worker(store, runner, progress_interval_s=60.0)
-        await worker.start()
-        try:
-            (task_id,) = await create(store)
-            worker.wake()
-            await wait_for(lambda: _completed(store, task_id))
-        finally:
-            await worker.stop()
-        logs = (await store.get(task_id)).logs
-        assert logs.count(" step ") == 1 and logs.count(" decoded") == 1 and "clip 1/7 decoded" in logs
-        assert "[INFO] done" in logs  # the end is always written
-    asyncio.run(main())
+    logs = asyncio.run(logs_of_one_task(tmp_path, runner))
+    assert logs.count(" step ") == 1 and logs.count(" decoded") == 1 and "clip 1/7 decoded" in logs
+    assert "[INFO] done" in logs  # the end is always written
 
 
 # -- following a task ---------------------------------------------------------------------------------------
