@@ -4,6 +4,7 @@ whose runner encodes a tiny real MP4 (``emoserve.media.encode_video``); SQLite a
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from emoserve.media import encode_video, probe_video
 from frontend.config import Settings
 from frontend.hallo2.engine import Hallo2Engine
 from frontend.hallo2.schemas import GpuDevice, GpuInfo
+from frontend.hallo2.tasks import TaskStoreUnavailable
 from frontend.hallo2.worker import Hallo2Video
 from frontend.main import create_app
 from sdk import Hallo2Client, Hallo2Error
@@ -310,6 +312,29 @@ def test_the_sdk_wait_gives_up_at_its_timeout_on_a_quiet_event_stream(settings, 
                 sdk.wait_and_download(task_id, tmp_path / "late.mp4", poll_s=3600, timeout_s=0.5, progress=False)
             assert time.monotonic() - started < 10  # the keep-alives let it look at the clock
             assert client.get(f"/api/v1/tasks/{task_id}").json()["status"] == "processing"  # waiting ended, not the task
+    finally:
+        gate.open.set()
+
+
+def test_a_task_database_outage_ends_the_event_stream_with_an_error_event(settings, gate, monkeypatch):
+    quick = settings.model_copy(update={"hallo2": settings.hallo2.model_copy(update={"events_recheck_s": 0.05})})
+    gate.open.clear()  # the task stays running: the stream waits for changes
+    try:
+        with TestClient(create_app(quick, hallo2_engine=gate)) as client:
+            task_id = submit(client).json()["task_id"]
+            store = client.app.state.hallo2.store
+            with client.stream("GET", f"/api/v1/tasks/{task_id}/events") as events:
+                lines = events.iter_lines()
+                assert next(lines).startswith("event: status")
+
+                async def unavailable(task_id):
+                    raise TaskStoreUnavailable("the task database does not answer")
+
+                monkeypatch.setattr(store, "get", unavailable)
+                rest = list(lines)  # the stream ends by itself
+            error = json.loads(next(line for line in rest if line.startswith("data: ") and "error_code" in line)[6:])
+            assert "event: error" in rest and error["error_code"] == "TASK_STORE_UNAVAILABLE"
+            assert "/" not in error["detail"] and store.watching() == 0  # no internals; no watcher left behind
     finally:
         gate.open.set()
 
